@@ -3,6 +3,7 @@
 Library modules are imported inside each command so that `hpctrain --help` starts instantly.
 """
 import argparse
+import signal
 import sys
 
 from hpctrain import __version__
@@ -31,8 +32,13 @@ def build_parser():
     return parser
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds, so temporary outputs are removed
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         args.func(args)
     except UserError as e:

@@ -1,0 +1,90 @@
+"""Where this process stands in the job: rank, size, local rank, node — read once from the launcher's
+environment (horovodrun, Open MPI's mpirun, Slurm's srun, TF_CONFIG), the way Lightning's
+ClusterEnvironment does it. Nothing else in hpctrain reads these variables."""
+import json
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Cluster:
+    launcher: str  # horovodrun | mpirun | slurm | tf_config | single
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+    node_rank: int = 0
+    num_nodes: int = 1
+    job_id: str | None = None
+    hosts: tuple[str, ...] = field(default_factory=tuple)  # one per node (Slurm) or per worker (TF_CONFIG)
+
+    @property
+    def is_chief(self):
+        return self.rank == 0
+
+
+def _int(env, name, default=0):
+    return int(env.get(name, default))
+
+
+def slurm_tasks_per_node(spec):
+    """Expands Slurm's compressed '2(x3),1' into [2, 2, 2, 1]."""
+    counts = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if not m:
+            raise ValueError(f"cannot parse Slurm tasks-per-node {spec!r}")
+        counts += [int(m.group(1))] * int(m.group(2) or 1)
+    return counts
+
+
+def detect(env=None):
+    """The Cluster for this process. The most specific launcher wins: horovodrun and mpirun inside a
+    Slurm allocation are taken at their word, srun's step variables next, then TF_CONFIG."""
+    env = os.environ if env is None else env
+    job_id = env.get("SLURM_JOB_ID")
+    if "HOROVOD_RANK" in env:
+        return Cluster("horovodrun", _int(env, "HOROVOD_RANK"), _int(env, "HOROVOD_SIZE", 1),
+                       _int(env, "HOROVOD_LOCAL_RANK"), _int(env, "HOROVOD_LOCAL_SIZE", 1),
+                       _int(env, "HOROVOD_CROSS_RANK"), _int(env, "HOROVOD_CROSS_SIZE", 1), job_id)
+    if "OMPI_COMM_WORLD_RANK" in env:  # node index assumes by-slot mapping, as hpctrain launches
+        rank, size = _int(env, "OMPI_COMM_WORLD_RANK"), _int(env, "OMPI_COMM_WORLD_SIZE", 1)
+        local_size = max(_int(env, "OMPI_COMM_WORLD_LOCAL_SIZE", 1), 1)
+        return Cluster("mpirun", rank, size, _int(env, "OMPI_COMM_WORLD_LOCAL_RANK"), local_size,
+                       rank // local_size, -(-size // local_size), job_id)
+    if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:  # inside an srun step, not the batch script
+        per_node = slurm_tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_TASKS_PER_NODE", "1")))
+        node = _int(env, "SLURM_NODEID")
+        return Cluster("slurm", _int(env, "SLURM_PROCID"), _int(env, "SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", 1)),
+                       _int(env, "SLURM_LOCALID"), per_node[node] if node < len(per_node) else 1,
+                       node, _int(env, "SLURM_STEP_NUM_NODES", env.get("SLURM_NNODES", 1)), job_id,
+                       tuple(expand_hostlist(env.get("SLURM_STEP_NODELIST", env.get("SLURM_JOB_NODELIST", "")))))
+    if "TF_CONFIG" in env:
+        config = json.loads(env["TF_CONFIG"])
+        workers = config.get("cluster", {}).get("worker", [])
+        index = int(config.get("task", {}).get("index", 0))
+        hosts = tuple(w.rsplit(":", 1)[0] for w in workers)
+        me = hosts[index] if index < len(hosts) else socket.gethostname()
+        local = [i for i, h in enumerate(hosts) if h == me]
+        nodes = list(dict.fromkeys(hosts))
+        return Cluster("tf_config", index, max(len(workers), 1), local.index(index) if index in local else 0,
+                       max(len(local), 1), nodes.index(me) if me in nodes else 0, max(len(nodes), 1), job_id,
+                       tuple(workers))
+    return Cluster("single", job_id=job_id)
+
+
+def expand_hostlist(hostlist):
+    """'node[01-03,07],gpu1' -> ['node01', 'node02', 'node03', 'node07', 'gpu1'] (Slurm's hostlist syntax)."""
+    hosts = []
+    for m in re.finditer(r"([^,\[]+)(?:\[([^\]]+)\])?([^,]*)", hostlist):
+        prefix, ranges, suffix = m.group(1), m.group(2), m.group(3)
+        if not ranges:
+            hosts.append(prefix + suffix)
+            continue
+        for r in ranges.split(","):
+            lo, _, hi = r.partition("-")
+            for i in range(int(lo), int(hi or lo) + 1):
+                hosts.append(f"{prefix}{i:0{len(lo)}d}{suffix}")
+    return hosts
