@@ -21,14 +21,62 @@ def cmd_env(args):
     envinfo.main(as_json=args.json)
 
 
+def _load_spec(args):
+    from hpctrain import spec
+
+    overrides = list(args.set)
+    if getattr(args, "backend", None):
+        overrides.append(f"distribute.backend={args.backend}")
+    return spec.load(args.job, overrides)
+
+
+def cmd_train(args):
+    from hpctrain.train import loop
+
+    job = _load_spec(args)
+    if args.dry_run:
+        from hpctrain.train.dry_run import describe
+
+        print(describe(job))
+        return 0
+    try:
+        result = loop.train(job, resume=args.resume, force=args.force)
+    except loop.TrainingFailed as e:
+        print(f"hpctrain train: failed: {e}", file=sys.stderr)
+        return 1
+    if result.stopped_at:
+        epoch, step = result.stopped_at
+        print(f"hpctrain train: stopped by signal in epoch {epoch + 1} after step {step}; checkpoint saved, "
+              f"continue with --resume", file=sys.stderr)
+        return loop.EXIT_RESUMABLE
+    return 0
+
+
+def _add_spec_arguments(p):
+    p.add_argument("job", help="job spec (TOML), e.g. jobs/unet_isbi.toml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--backend", choices=("none", "horovod", "mirrored", "multiworker"),
+                   help="shorthand for --set distribute.backend=...")
+
+
 def build_parser():
-    parser = _Parser(prog="hpctrain", description=__doc__.splitlines()[0])
+    import hpctrain
+
+    parser = _Parser(prog="hpctrain", description=hpctrain.__doc__)
     parser.add_argument("--version", action="version", version=f"hpctrain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("env", help="print the software stack, devices and scheduler context")
     p.add_argument("--json", action="store_true", help="emit JSON")
     p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("train", help="train the model of a job spec")
+    _add_spec_arguments(p)
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--force", action="store_true", help="replace an existing run folder")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved spec and model size, do not train")
+    p.set_defaults(func=cmd_train)
     return parser
 
 
@@ -40,11 +88,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminated)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except UserError as e:
         print(f"hpctrain {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hpctrain {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0

@@ -1,0 +1,35 @@
+"""The U-Net of the ISBI 2012 membrane segmentation lecture code (Ronneberger et al. 2015, same padding).
+
+Per level two 3x3 convolutions (ReLU, he_normal); 2x2 max-pooling down; UpSampling2D + 2x2 convolution
+up, concatenated with the skip connection; dropout 0.5 at the bottom two levels; a 1x1 output layer.
+Depth 5 with 64 base filters (64..1024) has 31.0 M parameters.
+"""
+from hpctrain import compat
+
+
+def build_unet(input_shape=(256, 256, 1), depth=5, filters=64, output="sigmoid", dropout=0.5):
+    layers = compat.keras().layers
+
+    def conv_block(x, n):
+        for _ in range(2):
+            x = layers.Conv2D(n, 3, activation="relu", padding="same", kernel_initializer="he_normal")(x)
+        return x
+
+    inputs = layers.Input(input_shape)
+    x, skips = inputs, []
+    for level in range(depth):
+        x = conv_block(x, filters * 2 ** level)
+        if level >= depth - 2 and dropout:
+            x = layers.Dropout(dropout)(x)
+        if level < depth - 1:
+            skips.append(x)
+            x = layers.MaxPooling2D(2)(x)
+    for level in reversed(range(depth - 1)):
+        n = filters * 2 ** level
+        x = layers.Conv2D(n, 2, activation="relu", padding="same", kernel_initializer="he_normal")(
+            layers.UpSampling2D(2)(x))
+        x = conv_block(layers.Concatenate()([skips[level], x]), n)
+    classes, activation = (1, "sigmoid") if output == "sigmoid" else (2, "softmax")
+    # float32 output keeps the loss numerically safe under mixed precision.
+    outputs = layers.Conv2D(classes, 1, activation=activation, dtype="float32")(x)
+    return compat.keras().Model(inputs, outputs, name=f"unet_d{depth}_f{filters}")

@@ -1,0 +1,53 @@
+"""Checkpoints: model, optimizer, data position (epoch, step in epoch) and random-generator state in one
+tf.train.Checkpoint. tf.train.CheckpointManager writes each checkpoint under a new name and then swaps
+its small index file atomically, so a crash leaves the previous checkpoint intact.
+
+Layout in a run folder: checkpoints/last/ (newest) and checkpoints/best/ (best monitored metric).
+"""
+from pathlib import Path
+
+from hpctrain import compat
+from hpctrain.errors import UserError
+
+
+class TrainState:
+    """What a run needs to continue exactly where it stopped. The data position follows from the
+    optimizer's step counter; the best monitored value decides checkpoints/best."""
+
+    def __init__(self, model, optimizer):
+        tf = compat.tf()
+        self.best = tf.Variable(float("nan"), dtype=tf.float64, trainable=False, name="best_metric")
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, best=self.best)
+
+    def manager(self, directory, max_to_keep=1):
+        return compat.tf().train.CheckpointManager(self.checkpoint, str(directory), max_to_keep=max_to_keep)
+
+    def restore(self, path):
+        """Restores everything from a checkpoint prefix; refuses one from another model."""
+        try:
+            self.checkpoint.restore(str(path)).assert_existing_objects_matched()
+        except (AssertionError, ValueError) as e:
+            raise UserError(f"checkpoint {path} does not fit this model: {str(e).splitlines()[0]}") from None
+        except compat.tf().errors.OpError as e:
+            raise UserError(f"cannot read checkpoint {path}: {e.message.splitlines()[0]}") from None
+
+
+def latest(directory):
+    """The newest checkpoint prefix in a folder, or None."""
+    return compat.tf().train.latest_checkpoint(str(directory))
+
+
+def find_run(path):
+    """(run folder, checkpoint prefix) for a run folder or a checkpoint prefix inside one."""
+    path = Path(path)
+    if (path / "spec.toml").is_file():
+        prefix = latest(path / "checkpoints" / "best") or latest(path / "checkpoints" / "last")
+        if prefix is None:
+            raise UserError(f"{path} holds no checkpoint")
+        return path, prefix
+    for parent in path.parents:
+        if (parent / "spec.toml").is_file():
+            if not Path(f"{path}.index").is_file():
+                raise UserError(f"{path} is not a checkpoint (no {path.name}.index)")
+            return parent, str(path)
+    raise UserError(f"{path} is neither a run folder (with spec.toml) nor a checkpoint inside one")

@@ -1,0 +1,15 @@
+"""`hpctrain train --dry-run`: the resolved spec and the model's size, without data or training."""
+from hpctrain import models, spec as spec_mod
+
+
+def describe(job):
+    channels, classes = 1, 10
+    if job.data.path.is_file():
+        from hpctrain.data.pipeline import dataset_info
+
+        info = dataset_info(job.data.path)
+        channels, classes = info["channels"], info["num_classes"]
+    side = job.data.tile or (256 if job.model.name == "unet" else 28)
+    model = models.build(job.model, (side, side, channels), classes)
+    return (f"{spec_mod.to_toml(job)}\n# model {model.name}: {model.count_params():,} parameters "
+            f"(input {side}x{side}x{channels})")
