@@ -52,6 +52,41 @@ def cmd_train(args):
     return 0
 
 
+def cmd_launch(args):
+    from hpctrain.distribute import launch
+
+    job = _load_spec(args)
+    launcher, processes, overrides = launch.plan(job.distribute.backend, args.n, args.launcher)
+    argv = [sys.executable, "-m", "hpctrain", "train", args.job, "--backend", job.distribute.backend]
+    for item in [*args.set, *overrides]:
+        argv += ["--set", item]
+    argv += [flag for flag, on in (("--resume", args.resume), ("--force", args.force)) if on]
+    if args.print:
+        for cmd in launch.command(processes, argv, launcher):
+            print(launch.format_command(cmd))
+        return 0
+    return launch.run(processes, argv, launcher)
+
+
+def cmd_evaluate(args):
+    from hpctrain.evaluate import metrics, run
+
+    result = run.evaluate(args.model, args.data, args.split, args.subset, args.json)
+    print(metrics.format_table(result))
+
+
+def cmd_predict(args):
+    from hpctrain.evaluate import run
+
+    print(run.predict(args.model, args.input, args.output, args.force))
+
+
+def cmd_plot_tsne(args):
+    from hpctrain.evaluate import run
+
+    print(run.tsne(args.run, args.data, args.output, args.count))
+
+
 def _add_spec_arguments(p):
     p.add_argument("job", help="job spec (TOML), e.g. jobs/unet_isbi.toml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -77,6 +112,40 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="replace an existing run folder")
     p.add_argument("--dry-run", action="store_true", help="print the resolved spec and model size, do not train")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("launch", help="train with N local workers (mpirun, horovodrun or N processes)")
+    _add_spec_arguments(p)
+    p.add_argument("-n", type=int, required=True, help="number of workers")
+    p.add_argument("--launcher", choices=("mpirun", "horovodrun", "local"),
+                   help="default: mpirun for horovod, local processes for multiworker")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--force", action="store_true", help="replace an existing run folder")
+    p.add_argument("--print", action="store_true", help="print the command(s) instead of running them")
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("evaluate", help="score a trained model on a split of an HDF5 dataset")
+    p.add_argument("model", help="run folder or checkpoint prefix")
+    p.add_argument("--data", help="HDF5 dataset (default: the one the model was trained on)")
+    p.add_argument("--split", help="split name (default: the training split)")
+    p.add_argument("--subset", default="val", choices=("train", "val"))
+    p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="U-Net: TIFF stack -> float32 TIFF of P(non-membrane); CNN: -> CSV")
+    p.add_argument("model", help="run folder or checkpoint prefix")
+    p.add_argument("--input", required=True, help="TIFF stack (U-Net) or IDX/TIFF images (CNN)")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("plot", help="plots of a trained model")
+    plots = p.add_subparsers(dest="plot", required=True, parser_class=_Parser)
+    p = plots.add_parser("tsne", help="t-SNE of a CNN's penultimate features on held-out digits")
+    p.add_argument("run", help="run folder or checkpoint prefix")
+    p.add_argument("--data", help="HDF5 dataset (default: the one the model was trained on)")
+    p.add_argument("-o", "--output", default=None, help="PNG (default: RUN/tsne.png)")
+    p.add_argument("--count", type=int, default=2000, help="digits to embed")
+    p.set_defaults(func=cmd_plot_tsne)
     return parser
 
 

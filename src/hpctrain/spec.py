@@ -67,7 +67,7 @@ class DistributeSpec(_Section):
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"  # learning rate x workers (or sqrt), or as is
     warmup_epochs: float = Field(0.0, ge=0)      # ramp from the 1-worker rate (Goyal et al. 2017)
     devices: int = Field(1, ge=1)                # mirrored: replicas in the one process (logical CPUs here)
-    sync_every: int = Field(1, ge=1)             # steps between the ranks' agreement on a stop signal
+    sync_every: int = Field(10, ge=1)            # steps between the ranks' agreement on a stop signal
 
 
 class OutputSpec(_Section):

@@ -138,8 +138,10 @@ class HorovodBackend(Backend):
                 self.hvd.callbacks.MetricAverageCallback()]
 
     def allreduce(self, value, op="mean"):
-        ops = {"mean": self.hvd.Average, "max": self.hvd.Max, "sum": self.hvd.Sum, "min": self.hvd.Min}
-        return float(self.hvd.allreduce(compat.tf().constant(float(value)), op=ops[op]).numpy())
+        import horovod.tensorflow as hvd_tf
+
+        ops = {"mean": hvd_tf.Average, "max": hvd_tf.Max, "sum": hvd_tf.Sum, "min": hvd_tf.Min}
+        return float(hvd_tf.allreduce(compat.tf().constant(float(value)), op=ops[op]).numpy())
 
     def barrier(self):
         self.allreduce(0.0, "sum")
@@ -156,6 +158,10 @@ class HorovodBackend(Backend):
 class _TFDistributeBackend(Backend):
     """tf.distribute strategies: the strategy splits each step over its replicas."""
 
+    def __init__(self, cluster, spec):
+        super().__init__(cluster, spec)
+        self._reducers = {}
+
     def scope(self):
         return self.strategy.scope()
 
@@ -165,13 +171,19 @@ class _TFDistributeBackend(Backend):
         return self.strategy.distribute_datasets_from_function(lambda ctx: dataset.rebatch(per_replica_batch))
 
     def allreduce(self, value, op="mean"):
+        if op not in self._reducers:
+            self._reducers[op] = self._make_reduce(op)
+        return float(self._reducers[op](compat.tf().constant(float(value))))
+
+    def _make_reduce(self, op):
         tf = compat.tf()
-        reduce_op = {"mean": tf.distribute.ReduceOp.MEAN, "sum": tf.distribute.ReduceOp.SUM}.get(op)
-        per_replica = self.strategy.run(lambda: tf.constant(float(value)))
-        if reduce_op is None:  # max/min: gather then reduce
-            values = self.strategy.gather(self.strategy.run(lambda: tf.constant([float(value)])), axis=0)
-            return float(tf.reduce_max(values) if op == "max" else tf.reduce_min(values))
-        return float(self.strategy.reduce(reduce_op, per_replica, axis=None))
+        fn = {"mean": tf.reduce_mean, "max": tf.reduce_max, "min": tf.reduce_min, "sum": tf.reduce_sum}[op]
+
+        @tf.function
+        def reduce(x):  # one value per replica, gathered, then reduced: works for every op
+            return fn(self.strategy.gather(self.strategy.run(lambda: tf.reshape(x, [1])), axis=0))
+
+        return reduce
 
     def barrier(self):
         self.allreduce(0.0, "sum")

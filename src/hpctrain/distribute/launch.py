@@ -21,6 +21,27 @@ _FORWARD_PREFIXES = ("HPCTRAIN_", "TF_", "HOROVOD_", "OMP_", "CUDA_", "NCCL_", "
 _FORWARD_NAMES = ("PATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "HOME")
 
 
+DEFAULT_LAUNCHER = {"horovod": "mpirun", "multiworker": "local"}
+
+
+def plan(backend, n, launcher=None):
+    """(launcher, processes, spec overrides) that give `n` workers of `backend` on this node."""
+    if n < 1:
+        raise UserError(f"number of workers must be at least 1, not {n}")
+    if backend in ("none", "mirrored"):
+        if launcher not in (None, "local"):
+            raise UserError(f"backend {backend!r} runs in one process; --launcher {launcher} does not apply")
+        if backend == "none" and n > 1:
+            raise UserError("backend 'none' trains on one worker; choose --backend horovod, mirrored or multiworker")
+        return "local", 1, [f"distribute.devices={n}"] if backend == "mirrored" else []
+    launcher = launcher or DEFAULT_LAUNCHER[backend]
+    if backend == "multiworker" and launcher != "local":
+        raise UserError("backend 'multiworker' is launched with --launcher local here (srun on Slurm)")
+    if backend == "horovod" and launcher == "local":
+        raise UserError("backend 'horovod' needs --launcher mpirun or horovodrun")
+    return launcher, n, []
+
+
 def _executable(name):
     path = shutil.which(name, path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
     if path is None:

@@ -28,7 +28,8 @@ class LearningRateRamp(keras.callbacks.Callback):
 
 class GracefulStop(keras.callbacks.Callback):
     """SIGTERM or SIGUSR1 (Slurm's warning before the time limit) ends training after the current step.
-    The ranks agree on the step every `sync_every` steps (a signal may reach them at different times);
+    The ranks agree on the step every `sync_every` steps and at the end of each epoch (a signal may reach
+    them at different times; one agreement costs a small allreduce);
     the state left is saved by the Checkpointer."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -50,7 +51,7 @@ class GracefulStop(keras.callbacks.Callback):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        if (batch + 1) % self.sync_every:
+        if (batch + 1) % self.sync_every and batch + 1 != self.params.get("steps"):
             return
         if self.backend.allreduce(1.0 if self.received else 0.0, "max") > 0:
             self.stopped_at = (self.epoch, batch + 1)

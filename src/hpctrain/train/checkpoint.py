@@ -22,14 +22,20 @@ class TrainState:
     def manager(self, directory, max_to_keep=1):
         return compat.tf().train.CheckpointManager(self.checkpoint, str(directory), max_to_keep=max_to_keep)
 
-    def restore(self, path):
-        """Restores everything from a checkpoint prefix; refuses one from another model."""
-        try:
-            self.checkpoint.restore(str(path)).assert_existing_objects_matched()
-        except (AssertionError, ValueError) as e:
-            raise UserError(f"checkpoint {path} does not fit this model: {str(e).splitlines()[0]}") from None
-        except compat.tf().errors.OpError as e:
-            raise UserError(f"cannot read checkpoint {path}: {e.message.splitlines()[0]}") from None
+    def restore(self, prefix):
+        restore(self.checkpoint, prefix)
+
+
+def restore(checkpoint, prefix, partial=False):
+    """Restores a tf.train.Checkpoint from a prefix; refuses one written for another model.
+    `partial`: the prefix may hold more (e.g. optimizer state that inference does not need)."""
+    try:
+        status = checkpoint.restore(str(prefix))
+        (status.expect_partial() if partial else status).assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+        raise UserError(f"checkpoint {prefix} does not fit this model: {str(e).splitlines()[0]}") from None
+    except compat.tf().errors.OpError as e:
+        raise UserError(f"cannot read checkpoint {prefix}: {e.message.splitlines()[0]}") from None
 
 
 def latest(directory):

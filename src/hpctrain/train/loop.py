@@ -2,8 +2,9 @@
 differs between Horovod and tf.distribute sits behind `hpctrain.distribute.backends.Backend`.
 
 Run folder (written by the chief only):
-    spec.toml  checkpoints/{last,best}/  metrics.csv  metrics.jsonl  timing.json  curves.png  tensorboard/
+    spec.toml  model.json  checkpoints/{last,best}/  metrics.csv  metrics.jsonl  timing.json  curves.png  tensorboard/
 """
+import json
 import shutil
 import sys
 import time
@@ -129,6 +130,10 @@ def _train(spec, backend, resume, force):
         if spec.model.name == "unet":
             shape = (None, None, info["channels"])  # fully convolutional: tiles train, whole slices validate
         model = models.build(spec.model, shape, info["num_classes"])
+        if backend.is_chief:  # what inference needs to rebuild the model
+            write_text(run_dir / "model.json", json.dumps({"input_shape": list(shape),
+                                                           "num_classes": info["num_classes"],
+                                                           "class_names": info["class_names"]}))
         optimizer = backend.wrap_optimizer(make_optimizer(spec.train.optimizer, lr))
         compile_model(model, spec, optimizer, info["kind"])
         optimizer.build(model.trainable_variables)
@@ -217,7 +222,5 @@ def _augment(spec):
 
 
 def _history(run_dir):
-    import json
-
     path = run_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
