@@ -87,6 +87,14 @@ def cmd_plot_tsne(args):
     print(run.tsne(args.run, args.data, args.output, args.count))
 
 
+def cmd_report(args):
+    from hpctrain.report import scaling
+
+    path = scaling.write(args.runs, args.output)
+    print(path.read_text())
+    print(f"written: {path.parent}/")
+
+
 def _add_spec_arguments(p):
     p.add_argument("job", help="job spec (TOML), e.g. jobs/unet_isbi.toml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -146,6 +154,11 @@ def build_parser():
     p.add_argument("-o", "--output", default=None, help="PNG (default: RUN/tsne.png)")
     p.add_argument("--count", type=int, default=2000, help="digits to embed")
     p.set_defaults(func=cmd_plot_tsne)
+
+    p = sub.add_parser("report", help="scaling report (tables, plots) of runs with different worker counts")
+    p.add_argument("runs", nargs="+", help="run folders (each with timing.json)")
+    p.add_argument("-o", "--output", required=True, help="report folder")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

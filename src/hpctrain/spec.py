@@ -22,7 +22,7 @@ class AugmentSpec(_Section):
     enabled: bool = False
     rotation: float = Field(20.0, ge=0, le=180)   # degrees
     shift: float = Field(0.05, ge=0, lt=1)        # fraction of width/height
-    shear: float = Field(0.05, ge=0, lt=1)
+    shear: float = Field(0.05, ge=0, lt=90)       # degrees
     zoom: float = Field(0.05, ge=0, lt=1)
     horizontal_flip: bool = True
     vertical_flip: bool = True

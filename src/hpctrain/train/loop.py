@@ -150,7 +150,10 @@ def _train(spec, backend, resume, force):
     index, count = backend.input_shard
     process_batch = B * backend.local_replicas
     # One pass over this process's shard; the data position follows from the global step count.
-    natural_steps = info["split_sizes"][f"{spec.data.split}/train"] // count // process_batch
+    sizes = info["splits"].get(spec.data.split)
+    if sizes is None:
+        raise UserError(f"{path} has no split {spec.data.split!r} (it has {', '.join(info['splits'])})")
+    natural_steps = sizes["train"] // count // process_batch
 
     def data(step):
         """This process's batches from global step `step` on."""
@@ -163,7 +166,7 @@ def _train(spec, backend, resume, force):
     ds = data(start_step)
     steps = min(natural_steps, spec.train.steps_per_epoch or natural_steps)
     validation = None
-    if spec.train.validation and info["split_sizes"].get(f"{spec.data.split}/val"):
+    if spec.train.validation and sizes["val"]:
         val = pipeline.eval_dataset(path, spec.data.split, batch_size=process_batch)
         validation = backend.distribute(val, B)
 
@@ -183,7 +186,10 @@ def _train(spec, backend, resume, force):
             callbacks.append(cb.MetricsLog(run_dir, _history(run_dir) if resume else ()))
             if spec.output.tensorboard:
                 callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), profile_batch=0))
-        verbose = (1 if sys.stdout.isatty() else 2) if backend.is_chief else 0
+        # A progress bar on an interactive terminal; one line per epoch in logs and under launchers
+        # (mpirun gives its ranks a pseudo-terminal even when the output goes to a file).
+        interactive = sys.stdout.isatty() and backend.cluster.launcher == "single"
+        verbose = (1 if interactive else 2) if backend.is_chief else 0
 
         epoch, in_epoch = divmod(start_step, steps)
         if in_epoch:  # finish the interrupted epoch first, from the exact step it stopped at
@@ -216,9 +222,9 @@ def _augment(spec):
     from hpctrain.data.augment import AugmentConfig
 
     a = spec.data.augment
-    return AugmentConfig(rotation_range=a.rotation, width_shift=a.shift, height_shift=a.shift, shear=a.shear,
-                         zoom=a.zoom, horizontal_flip=a.horizontal_flip, vertical_flip=a.vertical_flip,
-                         elastic=a.elastic)
+    return AugmentConfig(rotation_range=a.rotation, width_shift_range=a.shift, height_shift_range=a.shift,
+                         shear_range=a.shear, zoom_range=a.zoom, horizontal_flip=a.horizontal_flip,
+                         vertical_flip=a.vertical_flip, elastic=a.elastic)
 
 
 def _history(run_dir):

@@ -1,0 +1,169 @@
+"""`hpctrain report RUN_DIR... -o OUT`: how much faster is N workers than 1, and is it worth it.
+
+Reads each run's timing.json (and metrics.jsonl) and writes OUT/report.md, report.csv, report.json and
+plots. Runs are compared only when they differ in nothing but the worker count; otherwise they fall into
+separate groups, each reported on its own, never mixed.
+
+- weak scaling (per-worker batch fixed):  efficiency = throughput(N) / (N/N0 x throughput(N0))
+- strong scaling (global batch fixed):    the same ratio; it equals time(N0) / (N/N0 x time(N)) there
+N0 is the smallest worker count of the group (1 when a 1-worker run is given).
+"""
+import csv
+import io
+import json
+from pathlib import Path
+
+from hpctrain.atomic import atomic_output, write_text
+from hpctrain.errors import UserError
+
+# What may differ between runs of one comparison: the worker count and what follows from it.
+_SCALED = {"world_size", "processes", "nodes", "per_worker_batch", "global_batch", "steps_per_epoch"}
+_COMPARED = ("job", "model", "parameters", "dataset", "split", "tile", "backend", "precision", "xla",
+             "lr_scaling", "epochs", "warmup_steps")
+
+
+def load_run(run_dir):
+    run_dir = Path(run_dir)
+    path = run_dir / "timing.json"
+    try:
+        timing = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{run_dir} is not a finished run (no timing.json)") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    missing = [k for k in ("world_size", "global_batch", "throughput", *_COMPARED) if k not in timing]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}")
+    metrics_path = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    return {"run": str(run_dir), "timing": timing, "final": rows[-1] if rows else {}}
+
+
+def group(runs):
+    """Runs grouped by everything but the worker count, in first-seen order."""
+    groups = {}
+    for run in runs:
+        key = tuple((k, json.dumps(run["timing"].get(k))) for k in _COMPARED)
+        groups.setdefault(key, []).append(run)
+    return list(groups.values())
+
+
+def _mode(runs):
+    per_worker = {r["timing"]["per_worker_batch"] for r in runs}
+    global_ = {r["timing"]["global_batch"] for r in runs}
+    if len(per_worker) == 1:
+        return "weak"
+    if len(global_) == 1:
+        return "strong"
+    raise UserError("runs of " + runs[0]["timing"]["job"] + " change both the per-worker and the global batch "
+                    f"({sorted(per_worker)} / {sorted(global_)}); compare weak or strong scaling, not both")
+
+
+def table(runs):
+    """One row per run of a group, sorted by worker count, with speedup and efficiency."""
+    runs = sorted(runs, key=lambda r: r["timing"]["world_size"])
+    sizes = [r["timing"]["world_size"] for r in runs]
+    if len(set(sizes)) != len(sizes):
+        raise UserError(f"two runs of {runs[0]['timing']['job']} have the same worker count {sizes}: "
+                        "give one run per worker count")
+    mode = _mode(runs)
+    base = runs[0]["timing"]
+    base_tp = (base["throughput"] or {}).get("samples_per_s")
+    rows = []
+    for r in runs:
+        t = r["timing"]
+        tp = t["throughput"] or {}
+        n = t["world_size"]
+        speedup = tp.get("samples_per_s") / base_tp if base_tp and tp.get("samples_per_s") else None
+        epochs = t.get("epoch_times") or []
+        reached = (t.get("target") or {}).get("reached")
+        rows.append({
+            "workers": n, "nodes": t.get("nodes", 1), "global_batch": t["global_batch"],
+            "samples_per_s": tp.get("samples_per_s"), "ci95": tp.get("samples_per_s_ci95"),
+            "speedup": speedup,
+            "efficiency": speedup / (n / base["world_size"]) if speedup else None,
+            "epoch_time": sum(epochs[1:]) / len(epochs[1:]) if len(epochs) > 1 else (epochs[0] if epochs else None),
+            "train_time": t.get("train_time"), "time_to_target": reached["seconds"] if reached else None,
+            "final": {k: v for k, v in r["final"].items() if k != "epoch"}, "run": r["run"],
+        })
+    return mode, rows
+
+
+def build(run_dirs):
+    runs = [load_run(d) for d in run_dirs]
+    if not runs:
+        raise UserError("no runs given")
+    report = []
+    for runs_of_group in group(runs):
+        mode, rows = table(runs_of_group)
+        t = runs_of_group[0]["timing"]
+        report.append({"job": t["job"], "backend": t["backend"], "model": t["model"], "mode": mode,
+                       "per_worker_batch": sorted({r["timing"]["per_worker_batch"] for r in runs_of_group}),
+                       "target": t.get("target", {}).get("metric"), "target_value": t.get("target", {}).get("value"),
+                       "environment": t.get("environment", {}), "rows": rows})
+    return report
+
+
+def _fmt(v, digits=2):
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def markdown(report):
+    lines = ["# Scaling report", ""]
+    for g in report:
+        env = g["environment"]
+        lines += [f"## {g['job']}: {g['model']}, backend {g['backend']}, {g['mode']} scaling", "",
+                  f"Per-worker batch {', '.join(map(str, g['per_worker_batch']))}; "
+                  f"TensorFlow {env.get('tensorflow', '?')}"
+                  + (f", Horovod {env['horovod']}" if env.get("horovod") else "")
+                  + f"; host {env.get('host', '?')}, {env.get('gpus', 0)} GPUs, {env.get('cpus_available', '?')} CPUs"
+                  + (f"; target {g['target']} >= {g['target_value']}" if g["target"] else ""), "",
+                  "| workers | nodes | global batch | samples/s | ±95 % | speedup | efficiency | epoch s | "
+                  "train s | to target s |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in g["rows"]:
+            lines.append("| " + " | ".join([str(r["workers"]), str(r["nodes"]), str(r["global_batch"]),
+                                            _fmt(r["samples_per_s"], 1), _fmt(r["ci95"], 1), _fmt(r["speedup"]),
+                                            _fmt(r["efficiency"]), _fmt(r["epoch_time"], 1),
+                                            _fmt(r["train_time"], 1), _fmt(r["time_to_target"], 1)]) + " |")
+        finals = [(r["workers"], r["final"]) for r in g["rows"] if r["final"]]
+        if finals:
+            keys = sorted({k for _, f in finals for k in f})
+            lines += ["", "Final metrics:", "", "| workers | " + " | ".join(keys) + " |",
+                      "|---:|" + "---:|" * len(keys)]
+            lines += [f"| {n} | " + " | ".join(_fmt(f.get(k), 4) for k in keys) + " |" for n, f in finals]
+        lines += ["", f"![throughput]({_slug(g)}-throughput.png) ![efficiency]({_slug(g)}-efficiency.png)", ""]
+    return "\n".join(lines)
+
+
+def _slug(g):
+    return f"{g['job']}-{g['backend']}"
+
+
+def csv_text(report):
+    buf = io.StringIO()
+    fields = ["job", "backend", "mode", "workers", "nodes", "global_batch", "samples_per_s", "ci95", "speedup",
+              "efficiency", "epoch_time", "train_time", "time_to_target", "run"]
+    writer = csv.DictWriter(buf, fields, extrasaction="ignore")
+    writer.writeheader()
+    for g in report:
+        for r in g["rows"]:
+            writer.writerow({"job": g["job"], "backend": g["backend"], "mode": g["mode"], **r})
+    return buf.getvalue()
+
+
+def write(run_dirs, out):
+    """Builds the report of `run_dirs` into folder `out`; returns the report.md path."""
+    from hpctrain.report.plots import plot_group
+
+    report = build(run_dirs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for g in report:
+        plot_group(g, out / f"{_slug(g)}-throughput.png", out / f"{_slug(g)}-efficiency.png")
+    write_text(out / "report.json", json.dumps(report, indent=2))
+    write_text(out / "report.csv", csv_text(report))
+    write_text(out / "report.md", markdown(report))
+    return out / "report.md"
