@@ -19,10 +19,32 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
 
-def tf():
-    """TensorFlow, imported with the settings above."""
-    import tensorflow
+# What TensorFlow 2.18 logs on every start of a machine without a GPU: the CUDA plugins registering
+# twice, cuInit failing, CPU instruction notes. Dropped; anything else it logs is passed on.
+_START_NOISE = ("Unable to register cu", "absl::InitializeLog", "failed call to cuInit", "cpu_feature_guard",
+                "This TensorFlow binary is optimized", "rebuild TensorFlow", "oneDNN custom operations")
 
+
+def tf():
+    """TensorFlow, imported with the settings above and without its start-up noise."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    import tempfile
+
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow
+
+            tensorflow.config.list_physical_devices("GPU")  # cuInit happens here
+            tensorflow.get_logger().setLevel("ERROR")
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not any(n in line for n in _START_NOISE)))
     return tensorflow
 
 

@@ -125,6 +125,8 @@ def _describe(error, source):
         return f"{source}: unknown key {where}"
     if first["type"] == "missing":
         return f"{source}: missing key {where}"
+    if first["type"] == "value_error":  # a rule across keys: its message names them
+        return f"{source}: {first['msg'].removeprefix('Value error, ')}"
     got = first.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"{source}: {where}: {first['msg']}{shown}"

@@ -19,11 +19,15 @@ class LearningRateRamp(keras.callbacks.Callback):
         super().__init__()
         self.base_lr, self.scaled_lr, self.warmup = base_lr, scaled_lr, warmup
 
+    def rate(self, step):
+        if step >= self.warmup:
+            return self.scaled_lr
+        return self.base_lr + (self.scaled_lr - self.base_lr) * step / self.warmup
+
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
         if step <= self.warmup:
-            lr = self.base_lr + (self.scaled_lr - self.base_lr) * step / max(self.warmup, 1)
-            keras.backend.set_value(self.model.optimizer.learning_rate, lr)
+            keras.backend.set_value(self.model.optimizer.learning_rate, self.rate(step))
 
 
 class GracefulStop(keras.callbacks.Callback):

@@ -17,13 +17,26 @@ class TrainState:
     def __init__(self, model, optimizer):
         tf = compat.tf()
         self.best = tf.Variable(float("nan"), dtype=tf.float64, trainable=False, name="best_metric")
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, best=self.best)
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, best=self.best,
+                                              rng=random_generators(model))
 
     def manager(self, directory, max_to_keep=1):
         return compat.tf().train.CheckpointManager(self.checkpoint, str(directory), max_to_keep=max_to_keep)
 
     def restore(self, prefix):
         restore(self.checkpoint, prefix)
+
+
+def random_generators(model):
+    """The tf.random.Generator of each random layer (dropout), by layer name. tf_keras leaves them out of
+    checkpoints on purpose; a run resumed without them would draw other dropout masks. They exist in
+    deterministic mode (`enable_tf_random_generator`), else this is empty."""
+    generators = {}
+    for layer in model.submodules:
+        generator = getattr(getattr(layer, "_random_generator", None), "_generator", None)
+        if generator is not None:
+            generators[layer.name] = generator
+    return generators
 
 
 def restore(checkpoint, prefix, partial=False):

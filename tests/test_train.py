@@ -1,0 +1,175 @@
+"""Single-worker training, resume, evaluation and prediction through the real `hpctrain` command."""
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import VENV_BIN, assert_user_error, run_hpctrain, write_job
+
+OUTPUTS = ("spec.toml", "model.json", "metrics.csv", "metrics.jsonl", "timing.json", "curves.png")
+
+
+def cnn_job(tmp_path, mnist_h5, name="cnn", **train):
+    return write_job(
+        tmp_path / f"{name}.toml", name=name,
+        data={"path": str(mnist_h5), "split": "holdout"},
+        model={"name": "mnist_cnn"},
+        train={"learning_rate": 1e-3, "batch_size": 32, "epochs": 2, "steps_per_epoch": 15, **train},
+        output={"dir": str(tmp_path / name)})
+
+
+def unet_job(tmp_path, isbi_h5, name="unet", **train):
+    return write_job(
+        tmp_path / f"{name}.toml", name=name,
+        data={"path": str(isbi_h5), "split": "fold0", "tile": 128, "augment": {"enabled": True}},
+        model={"name": "unet", "depth": 3, "filters": 8, "dropout": 0.0},
+        train={"learning_rate": 1e-3, "batch_size": 4, "epochs": 2, **train},
+        output={"dir": str(tmp_path / name)})
+
+
+def metrics_rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory, mnist_h5):
+    tmp_path = tmp_path_factory.mktemp("cnn")
+    run_hpctrain("train", cnn_job(tmp_path, mnist_h5), check=True)
+    return tmp_path / "cnn"
+
+
+@pytest.fixture(scope="module")
+def unet_run(tmp_path_factory, isbi_h5):
+    tmp_path = tmp_path_factory.mktemp("unet")
+    run_hpctrain("train", unet_job(tmp_path, isbi_h5, epochs=3), check=True)
+    return tmp_path / "unet"
+
+
+@pytest.mark.slow
+def test_cnn_learns_and_writes_every_output(cnn_run):
+    rows = metrics_rows(cnn_run)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[1]["loss"] < rows[0]["loss"]
+    assert rows[1]["val_accuracy"] > 0.5  # 30 steps of 32 real digits; chance is 0.1
+    for name in OUTPUTS:
+        assert (cnn_run / name).is_file(), name
+    assert (cnn_run / "checkpoints" / "last" / "checkpoint").is_file()
+    assert (cnn_run / "checkpoints" / "best" / "checkpoint").is_file()
+    timing = json.loads((cnn_run / "timing.json").read_text())
+    assert len(timing["step_times"]) == 30 and len(timing["epoch_times"]) == 2
+    assert timing["throughput"]["samples_per_s"] > 0 and timing["global_batch"] == 32
+    assert tifffile is not None and (cnn_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_unet_learns_on_isbi(unet_run):
+    rows = metrics_rows(unet_run)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert {"dice", "val_dice", "binary_accuracy"} <= set(rows[-1])
+
+
+@pytest.mark.slow
+def test_evaluate_and_predict_unet(unet_run, isbi_h5, tmp_path, data_dir):
+    proc = run_hpctrain("evaluate", unet_run, "--json", tmp_path / "m.json", check=True)
+    assert "rand_error" in proc.stdout
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["split"] == "fold0/val" and result["n_images"] == 6
+    assert 0 <= result["soft_dice"] <= 1 and 0 <= result["pixel_error"] <= 1
+    # Two slices of the real test volume through `predict`: the ISBI submission format.
+    two = tmp_path / "two.tif"
+    tifffile.imwrite(two, tifffile.imread(data_dir / "isbi2012" / "test-volume.tif")[:2], photometric="minisblack")
+    run_hpctrain("predict", unet_run, "--input", two, "-o", tmp_path / "pred.tif", check=True)
+    pred = tifffile.imread(tmp_path / "pred.tif")
+    assert pred.shape == (2, 512, 512) and pred.dtype == np.float32
+    assert 0 <= pred.min() and pred.max() <= 1
+    assert_user_error(run_hpctrain("predict", unet_run, "--input", two, "-o", tmp_path / "pred.tif"), "exists")
+
+
+@pytest.mark.slow
+def test_evaluate_cnn_and_tsne(cnn_run, tmp_path):
+    proc = run_hpctrain("evaluate", cnn_run, "--json", tmp_path / "m.json", check=True)
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["n_images"] == 2000 and len(result["confusion_matrix"]) == 10
+    assert sum(map(sum, result["confusion_matrix"])) == 2000
+    assert "accuracy" in proc.stdout
+    run_hpctrain("plot", "tsne", cnn_run, "--count", 300, "-o", tmp_path / "tsne.png", check=True)
+    assert (tmp_path / "tsne.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, mnist_h5):
+    """Stopped by SIGTERM mid-epoch, resumed with --resume: the same weights as a run never stopped
+    (deterministic ops, dropout drawing from a checkpointed generator)."""
+    from hpctrain.evaluate.run import load_model
+    from hpctrain.train.checkpoint import latest
+
+    settings = dict(epochs=3, steps_per_epoch=25, deterministic=True, validation=False)
+    run_hpctrain("train", cnn_job(tmp_path, mnist_h5, "straight", **settings), check=True)
+
+    job = cnn_job(tmp_path, mnist_h5, "stopped", **settings)
+    job.write_text(job.read_text() + "\n[distribute]\nsync_every = 1\n")
+    proc = subprocess.Popen([str(VENV_BIN / "hpctrain"), "train", str(job)], stderr=subprocess.PIPE, text=True)
+    first = tmp_path / "stopped" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # into epoch 2
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err
+    assert "continue with --resume" in err
+    stopped_rows = metrics_rows(tmp_path / "stopped")
+    assert len(stopped_rows) < 3
+
+    run_hpctrain("train", job, "--resume", check=True)
+    assert [r["epoch"] for r in metrics_rows(tmp_path / "stopped")] == [1, 2, 3]
+    a, b = (load_model(latest(tmp_path / name / "checkpoints" / "last"))[1].get_weights()
+            for name in ("straight", "stopped"))
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(y, x, rtol=1e-6, atol=1e-7)
+
+
+def test_dry_run_prints_the_default_unet_size():
+    proc = run_hpctrain("train", "jobs/unet_isbi.toml", "--dry-run", cwd=VENV_BIN.parent.parent, check=True)
+    assert "31,030,593 parameters" in proc.stdout
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("train.epoch=3", "unknown key train.epoch"),
+    ("train.epochs='many'", "train.epochs"),
+    ("model.name='resnet'", "model.name"),
+    ("distribute.backend='nccl'", "distribute.backend"),
+    ("data.tile=100", "multiple of 16"),
+])
+def test_bad_spec_is_a_one_line_error(override, fragment):
+    proc = run_hpctrain("train", "jobs/unet_isbi.toml", "--dry-run", "--set", override, cwd=VENV_BIN.parent.parent)
+    assert_user_error(proc, fragment)
+
+
+def test_missing_and_malformed_spec(tmp_path):
+    assert_user_error(run_hpctrain("train", tmp_path / "nope.toml"), "does not exist")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [unclosed\n")
+    assert_user_error(run_hpctrain("train", bad), "not valid TOML")
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_model_is_refused(cnn_run, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(cnn_run, other)
+    spec = (other / "spec.toml").read_text().replace('name = "mnist_cnn"', 'name = "lenet5"')
+    (other / "spec.toml").write_text(spec)
+    assert_user_error(run_hpctrain("evaluate", other), "does not fit")
+    assert_user_error(run_hpctrain("evaluate", tmp_path / "nothing"), "neither a run folder")
+
+
+@pytest.mark.slow
+def test_existing_run_folder_needs_resume_or_force(cnn_run, mnist_h5, tmp_path):
+    job = cnn_job(cnn_run.parent, mnist_h5)
+    assert_user_error(run_hpctrain("train", job), "exists", "--resume")
