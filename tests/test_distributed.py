@@ -56,3 +56,93 @@ def final_weights_of_fresh_model():
 
     compat.keras().utils.set_random_seed(7)
     return models.build(ModelSpec(name="lenet5"), (28, 28, 1), 10).get_weights()
+
+
+E2E = [("horovod", "mpirun"), ("multiworker", "local"), ("mirrored", None)]
+
+
+@pytest.mark.parametrize("backend,launcher", E2E)
+@pytest.mark.parametrize("model", ["unet", "mnist_cnn"])
+def test_two_workers_train_real_data_and_only_the_chief_writes(tmp_path, mnist_h5, isbi_h5, model, backend, launcher):
+    if model == "unet":
+        data = {"path": str(isbi_h5), "split": "fold0", "tile": 128, "augment": {"enabled": True}}
+        params, train = {"depth": 3, "filters": 8}, {"batch_size": 2, "steps_per_epoch": 3}
+    else:
+        data, params, train = {"path": str(mnist_h5), "split": "holdout"}, {}, {"batch_size": 32, "steps_per_epoch": 8}
+    job = write_job(tmp_path / "job.toml", name="e2e", data=data, model={"name": model, **params},
+                    train={"learning_rate": 1e-3, "epochs": 2, **train},
+                    distribute={"warmup_epochs": 1.0}, output={"dir": str(tmp_path / "run")})
+    args = ["launch", "-n", 2, job, "--backend", backend] + (["--launcher", launcher] if launcher else [])
+    run_hpctrain(*args, check=True)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        ["checkpoints", "curves.png", "metrics.csv", "metrics.jsonl", "model.json", "spec.toml", "tensorboard",
+         "timing.json"])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and all("val_loss" in r for r in rows)
+    for sub in ("train", "validation"):  # one writer: one event file per folder
+        assert len(list((run / "tensorboard" / sub).glob("events.out.tfevents.*"))) == 1
+    for kind in ("last", "best"):
+        assert len(list((run / "checkpoints" / kind).glob("*.index"))) == 1
+    timing = json.loads((run / "timing.json").read_text())
+    assert timing["world_size"] == 2 and timing["backend"] == backend
+    assert not list(tmp_path.glob("**/.*.tmp")), "temporary files left behind"
+
+
+def _rank_of(proc):
+    """The worker rank of a process from its launcher's variables, or None."""
+    import psutil
+
+    try:
+        env = proc.environ()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    if "python" not in " ".join(proc.cmdline()[:1]) or "hpctrain" not in proc.cmdline():
+        return None
+    for name in ("OMPI_COMM_WORLD_RANK", "HOROVOD_RANK"):
+        if name in env:
+            return int(env[name])
+    if "TF_CONFIG" in env:
+        return json.loads(env["TF_CONFIG"])["task"]["index"]
+    return None
+
+
+@pytest.mark.parametrize("backend,launcher", [("horovod", "mpirun"), ("horovod", "horovodrun"),
+                                              ("multiworker", "local")])
+def test_a_killed_rank_ends_the_job_within_60_s(tmp_path, mnist_h5, backend, launcher):
+    import contextlib
+    import subprocess
+    import time
+
+    import psutil
+
+    from conftest import VENV_BIN
+
+    job = write_job(tmp_path / "job.toml", name="kill", data={"path": str(mnist_h5), "split": "holdout"},
+                    model={"name": "lenet5"}, train={"batch_size": 16, "epochs": 1000, "validation": False},
+                    output={"dir": str(tmp_path / "run"), "tensorboard": False})
+    launcher_proc = subprocess.Popen([str(VENV_BIN / "hpctrain"), "launch", "-n", "2", str(job), "--backend", backend,
+                                      "--launcher", launcher], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+    me = psutil.Process(launcher_proc.pid)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "metrics.jsonl").exists():  # training is under way
+        assert launcher_proc.poll() is None and time.monotonic() < deadline, launcher_proc.stderr.read()
+        time.sleep(0.1)
+    descendants = me.children(recursive=True)
+    workers = [p for p in descendants if _rank_of(p) is not None]
+    victim = next(p for p in workers if _rank_of(p) == 1)
+    victim.kill()
+    killed = time.monotonic()
+    try:
+        code = launcher_proc.wait(timeout=60)
+    finally:
+        for p in [*descendants, me]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+    assert code != 0
+    assert time.monotonic() - killed < 60
+    err = launcher_proc.stderr.read()
+    assert "worker 1" in err or "rank 1" in err or "exited" in err, err[-2000:]
+    time.sleep(1)
+    assert not [p for p in workers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], "workers left behind"

@@ -11,8 +11,10 @@ are in force before TensorFlow is first loaded and users never have to set them:
 - HDF5_USE_FILE_LOCKING=FALSE: hpctrain opens HDF5 read-only from many ranks, and file locks
   fail or hang on Lustre and NFS.
 """
+import contextlib
 import os
 import sys
+import tempfile
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,27 +27,37 @@ _START_NOISE = ("Unable to register cu", "absl::InitializeLog", "failed call to 
                 "This TensorFlow binary is optimized", "rebuild TensorFlow", "oneDNN custom operations")
 
 
-def tf():
-    """TensorFlow, imported with the settings above and without its start-up noise."""
-    if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"]
-    import tempfile
-
+@contextlib.contextmanager
+def quiet_native_logs():
+    """Filters what native code writes to stderr inside the block: the start-up noise above, and the
+    info/warning lines that absl prints before TF_CPP_MIN_LOG_LEVEL takes effect (honouring that level)."""
+    level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") or 0)
+    hidden = "IW"[:level]
     with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
         saved = os.dup(2)
         os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow
-
-            tensorflow.config.list_physical_devices("GPU")  # cuInit happens here
-            tensorflow.get_logger().setLevel("ERROR")
+            yield
         finally:
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not any(n in line for n in _START_NOISE)))
-    return tensorflow
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(n in line for n in _START_NOISE) and not (line[:1] in hidden and line[1:5].isdigit()):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def tf():
+    """TensorFlow, imported with the settings above and without its start-up noise."""
+    if "tensorflow" not in sys.modules:
+        with quiet_native_logs():
+            import tensorflow
+
+            tensorflow.config.list_physical_devices("GPU")  # cuInit happens here
+            tensorflow.get_logger().setLevel("ERROR")
+    return sys.modules["tensorflow"]
 
 
 def keras():

@@ -236,8 +236,9 @@ class MultiWorkerBackend(_TFDistributeBackend):
         implementation = (tf.distribute.experimental.CommunicationImplementation.NCCL if gpus
                           else tf.distribute.experimental.CommunicationImplementation.RING)
         options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
-        self.strategy = tf.distribute.MultiWorkerMirroredStrategy(
-            cluster_resolver=resolver, communication_options=options)
+        with compat.quiet_native_logs():  # gRPC server start-up lines
+            self.strategy = tf.distribute.MultiWorkerMirroredStrategy(
+                cluster_resolver=resolver, communication_options=options)
 
     @property
     def local_replicas(self):

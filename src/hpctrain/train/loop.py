@@ -165,10 +165,20 @@ def _train(spec, backend, resume, force):
 
     ds = data(start_step)
     steps = min(natural_steps, spec.train.steps_per_epoch or natural_steps)
-    validation = None
+    validation, validation_steps = None, None
     if spec.train.validation and sizes["val"]:
-        val = pipeline.eval_dataset(path, spec.data.split, batch_size=process_batch)
-        validation = backend.distribute(val, B)
+        # Whole slices validate one per replica; a strategy with several local replicas needs full
+        # batches, so it leaves out the last n % (batch x local replicas) samples.
+        val_batch = 1 if info["kind"] == "segmentation" else B
+        local = backend.local_replicas
+        validation_steps = sizes["val"] // (val_batch * local) if local > 1 else -(-sizes["val"] // val_batch)
+        if validation_steps == 0:
+            raise UserError(f"{sizes['val']} validation samples cannot fill {local} replicas x batch {val_batch}")
+        if local > 1 and sizes["val"] % (val_batch * local) and backend.is_chief:
+            print(f"hpctrain train: validation uses {validation_steps * val_batch * local} of {sizes['val']} "
+                  f"samples (full batches for {local} replicas)", flush=True)
+        val = pipeline.eval_dataset(path, spec.data.split, batch_size=val_batch * local)
+        validation = backend.distribute(val, val_batch)
 
     stopper = cb.GracefulStop(backend, spec.distribute.sync_every)
     nonfinite = cb.FailOnNonFinite()
@@ -194,12 +204,12 @@ def _train(spec, backend, resume, force):
         epoch, in_epoch = divmod(start_step, steps)
         if in_epoch:  # finish the interrupted epoch first, from the exact step it stopped at
             model.fit(ds, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps - in_epoch,
-                      validation_data=validation, callbacks=callbacks, verbose=verbose)
+                      validation_data=validation, validation_steps=validation_steps, callbacks=callbacks, verbose=verbose)
             epoch += 1
             ds = data(epoch * steps)
         if epoch < spec.train.epochs and not stopper.stopped_at and not nonfinite.bad_step:
             model.fit(ds, initial_epoch=epoch, epochs=spec.train.epochs, steps_per_epoch=steps,
-                      validation_data=validation, callbacks=callbacks, verbose=verbose)
+                      validation_data=validation, validation_steps=validation_steps, callbacks=callbacks, verbose=verbose)
 
     if nonfinite.bad_step:
         e, s, value = nonfinite.bad_step
