@@ -95,6 +95,22 @@ def cmd_report(args):
     print(f"written: {path.parent}/")
 
 
+def cmd_scaling(args):
+    from hpctrain import sweep
+
+    overrides = list(args.set)
+    path = sweep.run(args.job, sweep.parse_workers(args.workers), args.output, args.backend, args.launcher,
+                     overrides, args.force)
+    print(path.read_text())
+    print(f"written: {path.parent}/")
+
+
+def cmd_demo(args):
+    from hpctrain import demo
+
+    demo.run(args.output)
+
+
 def _add_spec_arguments(p):
     p.add_argument("job", help="job spec (TOML), e.g. jobs/unet_isbi.toml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -159,6 +175,18 @@ def build_parser():
     p.add_argument("runs", nargs="+", help="run folders (each with timing.json)")
     p.add_argument("-o", "--output", required=True, help="report folder")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("scaling", help="run a job on 1, 2, ... local workers, then the scaling report")
+    _add_spec_arguments(p)
+    p.add_argument("--workers", default="1,2", help="worker counts, e.g. 1,2,4 (default 1,2)")
+    p.add_argument("--launcher", choices=("mpirun", "horovodrun", "local"))
+    p.add_argument("-o", "--output", required=True, help="sweep folder: w1/, w2/, ..., report/")
+    p.add_argument("--force", action="store_true", help="replace existing run folders")
+    p.set_defaults(func=cmd_scaling)
+
+    p = sub.add_parser("demo", help="pack ISBI 2012, train a U-Net on 1 and 2 workers, evaluate, report")
+    p.add_argument("-o", "--output", default="runs/demo", help="demo folder (default runs/demo)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -1,0 +1,44 @@
+"""`hpctrain scaling`: the same job on 1, 2, ... local workers, then the scaling report — the local twin
+of `hpctrain submit` on Slurm. Sweep folder: SWEEP/w1, SWEEP/w2, ... and SWEEP/report/."""
+import sys
+from pathlib import Path
+
+from hpctrain import spec as spec_mod
+from hpctrain.distribute import launch
+from hpctrain.errors import UserError
+
+
+def parse_workers(text):
+    try:
+        workers = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise UserError(f"--workers takes a list like 1,2,4, not {text!r}") from None
+    if not workers or workers[0] < 1:
+        raise UserError(f"--workers needs positive counts, not {text!r}")
+    return workers
+
+
+def run(job_path, workers, out, backend=None, launcher=None, overrides=(), force=False):
+    """Trains the job once per worker count into OUT/w<N>, then writes OUT/report. Returns report.md."""
+    from hpctrain.report import scaling
+
+    overrides = list(overrides) + ([f"distribute.backend={backend}"] if backend else [])
+    job = spec_mod.load(job_path, overrides)
+    if job.distribute.backend == "none":
+        raise UserError("a scaling sweep needs a distributed backend: --backend horovod, mirrored or multiworker")
+    out = Path(out)
+    runs = []
+    for n in workers:
+        run_dir = out / f"w{n}"
+        print(f"hpctrain scaling: {n} worker{'s' * (n > 1)} -> {run_dir}", flush=True)
+        chosen, processes, extra = launch.plan(job.distribute.backend, n, launcher)
+        argv = [sys.executable, "-m", "hpctrain", "train", str(job_path)]
+        for item in [*overrides, f"output.dir={run_dir}", *extra]:
+            argv += ["--set", item]
+        if force:
+            argv.append("--force")
+        code = launch.run(processes, argv, chosen)
+        if code != 0:
+            raise UserError(f"the {n}-worker run failed (exit code {code}); see its output above")
+        runs.append(run_dir)
+    return scaling.write(runs, out / "report")
