@@ -3,13 +3,11 @@ batch, for every backend, U-Net and MNIST CNN. Prints samples/s and efficiency =
 
     .venv/bin/python benchmarks/scaling_cpu.py [--steps 40] [--models unet,cnn]
 
-Each worker is pinned to its own core (sched_setaffinity by local rank), so hpctrain gives it one
-TensorFlow thread. The Horovod rows show hpctrain's defaults (Open MPI yield_when_idle=1,
+Each worker is pinned to its own core (HPCTRAIN_CORES_PER_WORKER=1), with one TensorFlow thread. The Horovod rows show hpctrain's defaults (Open MPI yield_when_idle=1,
 HOROVOD_CYCLE_TIME=10) beside plain Open MPI/Horovod defaults (yield_when_idle=0, cycle time 1 ms).
 """
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -19,25 +17,16 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from hpctrain.distribute import launch  # noqa: E402
 
-PIN = ("import json, os, sys\n"
-       "e = os.environ\n"
-       "r = int(e.get('OMPI_COMM_WORLD_LOCAL_RANK') or e.get('HOROVOD_LOCAL_RANK') or "
-       "json.loads(e.get('TF_CONFIG', '{\"task\": {\"index\": 0}}'))['task']['index'])\n"
-       "cores = sorted(os.sched_getaffinity(0))\n"
-       "n = int(e.get('BENCH_CORES_PER_PROCESS', '1'))\n"
-       "os.sched_setaffinity(0, set(cores[r * n:(r + 1) * n]))\n"
-       "os.execv(sys.executable, [sys.executable, '-m', 'hpctrain', 'train', *sys.argv[1:]])\n")
-
 PLAIN_DEFAULTS = {"OMPI_MCA_mpi_yield_when_idle": "0", "HOROVOD_CYCLE_TIME": "1"}
 
-# (label, backend, launcher, processes, cores per process, extra environment)
+# (label, backend, launcher, processes, extra environment)
 CASES = [
-    ("1 worker", "none", "local", 1, 1, {}),
-    ("horovod mpirun", "horovod", "mpirun", 2, 1, {}),
-    ("horovod mpirun, plain defaults", "horovod", "mpirun", 2, 1, PLAIN_DEFAULTS),
-    ("horovod horovodrun --gloo", "horovod", "horovodrun", 2, 1, {}),
-    ("multiworker (2 processes)", "multiworker", "local", 2, 1, {}),
-    ("mirrored (2 logical CPUs)", "mirrored", "local", 1, 2, {}),
+    ("1 worker", "none", "local", 1, {}),
+    ("horovod mpirun", "horovod", "mpirun", 2, {}),
+    ("horovod mpirun, plain defaults", "horovod", "mpirun", 2, PLAIN_DEFAULTS),
+    ("horovod horovodrun --gloo", "horovod", "horovodrun", 2, {}),
+    ("multiworker (2 processes)", "multiworker", "local", 2, {}),
+    ("mirrored (2 logical CPUs)", "mirrored", "local", 1, {}),
 ]
 
 
@@ -54,13 +43,13 @@ def job_file(tmp, model, data, steps):
     return path
 
 
-def run_case(job, tmp, label, backend, launcher, processes, cores, env):
+def run_case(job, tmp, label, backend, launcher, processes, env):
     out = Path(tmp) / label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
     overrides = ["--set", f"output.dir={out}", "--set", f"distribute.backend={backend}"]
     if backend == "mirrored":
         overrides += ["--set", "distribute.devices=2"]
-    argv = [sys.executable, "-c", PIN, str(job), *overrides]
-    code = launch.run(processes, argv, launcher, env={**env, "BENCH_CORES_PER_PROCESS": str(cores)})
+    argv = [sys.executable, "-m", "hpctrain", "train", str(job), *overrides]
+    code = launch.run(processes, argv, launcher, env={**env, "HPCTRAIN_CORES_PER_WORKER": "1"})
     if code:
         raise SystemExit(f"{label}: exit code {code}")
     timing = json.loads((out / "timing.json").read_text())

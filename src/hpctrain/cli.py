@@ -100,7 +100,7 @@ def cmd_scaling(args):
 
     overrides = list(args.set)
     path = sweep.run(args.job, sweep.parse_workers(args.workers), args.output, args.backend, args.launcher,
-                     overrides, args.force)
+                     overrides, args.force, args.cores_per_worker)
     print(path.read_text())
     print(f"written: {path.parent}/")
 
@@ -182,6 +182,7 @@ def build_parser():
     p.add_argument("--launcher", choices=("mpirun", "horovodrun", "local"))
     p.add_argument("-o", "--output", required=True, help="sweep folder: w1/, w2/, ..., report/")
     p.add_argument("--force", action="store_true", help="replace existing run folders")
+    p.add_argument("--cores-per-worker", type=int, help="CPU runs: pin each worker to its own N cores")
     p.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("demo", help="pack ISBI 2012, train a U-Net on 1 and 2 workers, evaluate, report")

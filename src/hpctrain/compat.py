@@ -62,6 +62,7 @@ def tf():
 
 def keras():
     """Keras 2 (tf_keras), the Keras every hpctrain model is built with."""
+    tf()
     import tf_keras
 
     return tf_keras

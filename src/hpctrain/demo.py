@@ -25,8 +25,9 @@ def run(out="runs/demo", data_dir="data/isbi2012", workers=(1, 2), backend="horo
               test=data_dir / "test-volume.tif", force=True)
 
     print(f"== 2. train {JOB} on {' then '.join(map(str, workers))} workers ({backend})", flush=True)
+    # Here a "GPU" is one core: every worker, alone or not, gets one core of its own.
     report = sweep.run(JOB, list(workers), out / "scaling", backend=backend, overrides=[f"data.path={packed}"],
-                       force=True)
+                       force=True, cores_per_worker=1)
 
     print("== 3. evaluate on the held-out slices of fold 0", flush=True)
     scores = {}

@@ -18,8 +18,9 @@ def parse_workers(text):
     return workers
 
 
-def run(job_path, workers, out, backend=None, launcher=None, overrides=(), force=False):
-    """Trains the job once per worker count into OUT/w<N>, then writes OUT/report. Returns report.md."""
+def run(job_path, workers, out, backend=None, launcher=None, overrides=(), force=False, cores_per_worker=None):
+    """Trains the job once per worker count into OUT/w<N>, then writes OUT/report. Returns report.md.
+    `cores_per_worker` pins each CPU worker to its own cores, so every run gives a worker the same share."""
     from hpctrain.report import scaling
 
     overrides = list(overrides) + ([f"distribute.backend={backend}"] if backend else [])
@@ -37,7 +38,8 @@ def run(job_path, workers, out, backend=None, launcher=None, overrides=(), force
             argv += ["--set", item]
         if force:
             argv.append("--force")
-        code = launch.run(processes, argv, chosen)
+        env = {"HPCTRAIN_CORES_PER_WORKER": str(cores_per_worker)} if cores_per_worker else {}
+        code = launch.run(processes, argv, chosen, env=env)
         if code != 0:
             raise UserError(f"the {n}-worker run failed (exit code {code}); see its output above")
         runs.append(run_dir)

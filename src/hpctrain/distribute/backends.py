@@ -20,10 +20,22 @@ from hpctrain.distribute import cluster as cluster_mod
 from hpctrain.errors import UserError
 
 
-def _set_cpu_threads(local_size):
-    """Each worker on a node gets an equal share of the cores it may run on."""
-    cores = len(os.sched_getaffinity(0))
-    threads = max(1, cores // max(local_size, 1))
+def _set_cpu_threads(local_rank, local_size, workers_in_process=1):
+    """CPU workers: each gets an equal share of the node's cores for its TensorFlow thread pools. With
+    HPCTRAIN_CORES_PER_WORKER=k a worker is also pinned to its own k cores (by local rank), so that
+    1 and N workers compare like 1 and N GPUs."""
+    cores = sorted(os.sched_getaffinity(0))
+    per_worker = int(os.environ.get("HPCTRAIN_CORES_PER_WORKER", "0") or 0)
+    if per_worker:
+        share = per_worker * workers_in_process
+        mine = cores[local_rank * share:(local_rank + 1) * share]
+        if len(mine) < share:
+            raise UserError(f"HPCTRAIN_CORES_PER_WORKER={per_worker}: local worker {local_rank} needs cores "
+                            f"{local_rank * share}..{(local_rank + 1) * share - 1}, only {len(cores)} are available")
+        os.sched_setaffinity(0, mine)
+        threads = share
+    else:
+        threads = max(1, len(cores) // max(local_size, 1))
     tf = compat.tf()
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
@@ -49,7 +61,7 @@ class Backend:
         gpus = tf.config.list_physical_devices("GPU")
         _gpu_memory_growth(gpus)
         if not gpus:
-            _set_cpu_threads(1)
+            _set_cpu_threads(0, 1)
 
     # Who we are.
     rank = property(lambda self: self.cluster.rank)
@@ -122,7 +134,7 @@ class HorovodBackend(Backend):
             tf.config.set_visible_devices(gpus, "GPU")
         _gpu_memory_growth(gpus)
         if not gpus:
-            _set_cpu_threads(self.hvd.local_size())
+            _set_cpu_threads(self.hvd.local_rank(), self.hvd.local_size())
 
     rank = property(lambda self: self.hvd.rank())
     size = property(lambda self: self.hvd.size())
@@ -203,7 +215,7 @@ class MirroredBackend(_TFDistributeBackend):
             cpu = tf.config.list_physical_devices("CPU")[0]
             tf.config.set_logical_device_configuration(
                 cpu, [tf.config.LogicalDeviceConfiguration()] * self.spec.devices)
-            _set_cpu_threads(1)
+            _set_cpu_threads(0, 1, self.spec.devices)
             devices = [d.name for d in tf.config.list_logical_devices("CPU")]
             self.strategy = tf.distribute.MirroredStrategy(
                 devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
@@ -223,7 +235,7 @@ class MultiWorkerBackend(_TFDistributeBackend):
         gpus = tf.config.list_physical_devices("GPU")
         _gpu_memory_growth(gpus)
         if not gpus:
-            _set_cpu_threads(self.cluster.local_size)
+            _set_cpu_threads(self.cluster.local_rank, self.cluster.local_size)
         resolver = None
         if self.cluster.launcher == "slurm":
             # A port derived from the job id keeps two jobs that share a node apart.
