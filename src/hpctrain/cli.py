@@ -7,7 +7,7 @@ import signal
 import sys
 
 from hpctrain import __version__
-from hpctrain.errors import UserError
+from hpctrain.errors import TrainingFailed, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,7 +41,7 @@ def cmd_train(args):
         return 0
     try:
         result = loop.train(job, resume=args.resume, force=args.force)
-    except loop.TrainingFailed as e:
+    except TrainingFailed as e:
         print(f"hpctrain train: failed: {e}", file=sys.stderr)
         return 1
     if result.stopped_at:

@@ -3,3 +3,8 @@
 
 class UserError(Exception):
     """Bad input or a request that cannot be met; the message says what and where."""
+
+
+class TrainingFailed(Exception):
+    """Training itself went wrong (a non-finite loss, a checkpoint that cannot be written); the message
+    says where. Exit code 1."""

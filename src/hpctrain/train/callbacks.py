@@ -7,6 +7,7 @@ import time
 
 from hpctrain import compat
 from hpctrain.atomic import atomic_output
+from hpctrain.errors import TrainingFailed
 
 keras = compat.keras()
 
@@ -24,10 +25,13 @@ class LearningRateRamp(keras.callbacks.Callback):
             return self.scaled_lr
         return self.base_lr + (self.scaled_lr - self.base_lr) * step / self.warmup
 
+    def apply(self, optimizer, step):
+        keras.backend.set_value(optimizer.learning_rate, self.rate(step))
+
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
         if step <= self.warmup:
-            keras.backend.set_value(self.model.optimizer.learning_rate, self.rate(step))
+            self.apply(self.model.optimizer, step)
 
 
 class GracefulStop(keras.callbacks.Callback):
@@ -118,6 +122,16 @@ class FailOnNonFinite(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def save(manager):
+    """One checkpoint; a full disk or a write error becomes an error naming the folder (the previous
+    checkpoint stays: the manager switches to the new one only after it is complete)."""
+    try:
+        return manager.save()
+    except compat.tf().errors.OpError as e:
+        raise TrainingFailed(f"cannot write a checkpoint in {manager.directory}: "
+                             f"{e.message.splitlines()[0]}") from None
+
+
 class Checkpointer(keras.callbacks.Callback):
     """Saves checkpoints/last every `every` epochs and when training stops early, and checkpoints/best
     when the monitored metric improves. Every worker calls save (tf.distribute needs it); only the
@@ -132,16 +146,16 @@ class Checkpointer(keras.callbacks.Callback):
         if self.nonfinite is not None and self.nonfinite.bad_step:
             return  # never save a model that produced a non-finite loss
         if self.stopper is not None and self.stopper.stopped_at:
-            self.last.save()
+            save(self.last)
             return
         value = (logs or {}).get(self.monitor)
         if value is not None and math.isfinite(value):
             best = float(self.state.best.numpy())
             if math.isnan(best) or _reached(self.monitor, value, best) and value != best:
                 self.state.best.assign(value)
-                self.best.save()
+                save(self.best)
         if (epoch + 1) % self.every == 0:
-            self.last.save()
+            save(self.last)
 
 
 class MetricsLog(keras.callbacks.Callback):

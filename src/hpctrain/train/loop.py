@@ -14,14 +14,10 @@ from pathlib import Path
 
 from hpctrain import compat, spec as spec_mod
 from hpctrain.atomic import write_text
-from hpctrain.errors import UserError
+from hpctrain.errors import TrainingFailed, UserError
 
 # Exit code of a run stopped by SIGTERM/SIGUSR1 after saving its checkpoint: resume with --resume.
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL
-
-
-class TrainingFailed(Exception):
-    """Training itself went wrong (e.g. a non-finite loss); the message says where."""
 
 
 @dataclass
@@ -180,11 +176,13 @@ def _train(spec, backend, resume, force):
         val = pipeline.eval_dataset(path, spec.data.split, batch_size=val_batch * local)
         validation = backend.distribute(val, val_batch)
 
+    # The rate follows from the spec and the step, also after a restore (the checkpoint holds the old one).
+    ramp = cb.LearningRateRamp(base_lr, lr, int(round(spec.distribute.warmup_epochs * steps)))
+    ramp.apply(optimizer, start_step)
     stopper = cb.GracefulStop(backend, spec.distribute.sync_every)
     nonfinite = cb.FailOnNonFinite()
     timer = cb.StepTimer(spec.train.target_metric, spec.train.target_value)
-    callbacks = [*backend.callbacks(), cb.LearningRateRamp(base_lr, lr, _warmup_steps(spec, steps)),
-                 nonfinite, stopper, timer]
+    callbacks = [*backend.callbacks(), ramp, nonfinite, stopper, timer]
     every_worker_saves = backend.name in ("mirrored", "multiworker")
     with backend.output_dir(ckpt_dir) as where:
         where = Path(where)
@@ -220,10 +218,6 @@ def _train(spec, backend, resume, force):
         timing.write(run_dir, report)
         timing.plot_curves(run_dir)
     return Result(run_dir, stopper.stopped_at, report)
-
-
-def _warmup_steps(spec, steps):
-    return int(round(spec.distribute.warmup_epochs * steps))
 
 
 def _augment(spec):
