@@ -77,7 +77,7 @@ class StepTimer(keras.callbacks.Callback):
         super().__init__()
         self.target_metric, self.target_value = target_metric, target_value
         self.step_times, self.epoch_times, self.target_reached = [], [], None
-        self.start = None
+        self.start = self.first_step_at = None
 
     def on_train_begin(self, logs=None):
         self.start = time.perf_counter()
@@ -87,6 +87,8 @@ class StepTimer(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         self._step_start = time.perf_counter()
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
 
     def on_train_batch_end(self, batch, logs=None):
         self.step_times.append(time.perf_counter() - self._step_start)

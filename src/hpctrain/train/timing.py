@@ -10,6 +10,7 @@ import platform
 import socket
 
 import numpy as np
+import psutil
 
 from hpctrain import __version__, compat
 from hpctrain.atomic import atomic_output, write_text
@@ -55,6 +56,9 @@ def summary(timer, spec, backend, steps_per_epoch, wall, model):
         "throughput": throughput_stats(timer.step_times, global_batch, spec.train.warmup_steps),
         "step_times": timer.step_times, "epoch_times": timer.epoch_times,
         "train_time": float(sum(timer.epoch_times)), "wall_time": float(wall),
+        # Unix time of the first training step, and seconds from this process's start to it.
+        "first_step_at": timer.first_step_at,
+        "startup_seconds": timer.first_step_at - psutil.Process().create_time() if timer.first_step_at else None,
         "target": {"metric": spec.train.target_metric, "value": spec.train.target_value,
                    "reached": timer.target_reached},
         "environment": environment(backend),

@@ -1,0 +1,51 @@
+"""Start-up: seconds from `hpctrain launch -n 2` to the first training step, per backend.
+
+    .venv/bin/python benchmarks/startup.py [--repeat 3]
+
+Goal: <= 15 s with 2 ranks. Measured on the chief: wall clock from just before the launcher starts
+to the first step's begin (timing.json `first_step_at`); `startup_seconds` in timing.json is the part
+inside the training process (imports, MPI/gRPC set-up, data, model build).
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HPCTRAIN = str(Path(sys.executable).parent / "hpctrain")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "isbi.h5"
+        subprocess.run([HPCTRAIN, "pack", "isbi", "--volume", ROOT / "data/isbi2012/train-volume.tif", "--labels",
+                        ROOT / "data/isbi2012/train-labels.tif", "-o", data], check=True, capture_output=True)
+        job = Path(tmp) / "job.toml"
+        job.write_text(f'name = "startup"\n[data]\npath = "{data}"\nsplit = "fold0"\ntile = 256\n'
+                       '[model]\nname = "unet"\ndepth = 4\nfilters = 16\n'
+                       '[train]\nbatch_size = 4\nepochs = 1\nsteps_per_epoch = 2\nvalidation = false\n'
+                       f'[output]\ndir = "{tmp}/run"\ntensorboard = false\n')
+        print("| backend | launcher | to first step (s) | inside the process (s) |\n|---|---|---:|---:|")
+        for backend, launcher in (("horovod", "mpirun"), ("horovod", "horovodrun"), ("multiworker", "local"),
+                                  ("mirrored", "local")):
+            totals, inside = [], []
+            for _ in range(args.repeat):
+                start = time.time()
+                subprocess.run([HPCTRAIN, "launch", "-n", "2", str(job), "--backend", backend, "--launcher", launcher,
+                                "--force"], check=True, capture_output=True)
+                timing = json.loads((Path(tmp) / "run" / "timing.json").read_text())
+                totals.append(timing["first_step_at"] - start)
+                inside.append(timing["startup_seconds"])
+            print(f"| {backend} | {launcher} | {statistics.median(totals):.1f} | {statistics.median(inside):.1f} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
