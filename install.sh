@@ -55,7 +55,7 @@ say "pip install -r requirements.lock"
 # Horovod ships as source only. Its build must see the installed TensorFlow (no build
 # isolation); the wheel is cached under a key of what it was built against, so a new venv reuses it.
 build_key=$( { grep -i '^tensorflow==' "$ROOT/requirements.lock"; "$PYTHON" -V; mpirun --version | head -n 1;
-               env | grep '^HOROVOD_GPU' | sort; } | sha256sum | cut -c1-16)
+               env | grep '^HOROVOD_GPU' | sort || true; } | sha256sum | cut -c1-16)
 wheel_dir=$WHEELS/$build_key
 if ! ls "$wheel_dir"/horovod-$HOROVOD_VERSION-*.whl >/dev/null 2>&1; then
   say "building horovod==$HOROVOD_VERSION (TensorFlow + MPI + Gloo, a few minutes)"

@@ -236,12 +236,8 @@ class MultiWorkerBackend(_TFDistributeBackend):
         _gpu_memory_growth(gpus)
         if not gpus:
             _set_cpu_threads(self.cluster.local_rank, self.cluster.local_size)
-        resolver = None
-        if self.cluster.launcher == "slurm":
-            # A port derived from the job id keeps two jobs that share a node apart.
-            port = 20000 + int(self.cluster.job_id or 0) % 20000
-            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
-                port_base=port, gpus_per_node=len(gpus), gpus_per_task=1 if gpus else 0)
+        if self.cluster.launcher == "slurm":  # srun's tasks as TF_CONFIG (ports derived from the job id)
+            os.environ["TF_CONFIG"] = cluster_mod.slurm_tf_config(self.cluster)
         elif self.cluster.launcher != "tf_config" and self.cluster.size > 1:
             raise UserError(f"backend 'multiworker' needs TF_CONFIG or srun, not {self.cluster.launcher} "
                             "(use --launcher local or srun)")
@@ -249,8 +245,7 @@ class MultiWorkerBackend(_TFDistributeBackend):
                           else tf.distribute.experimental.CommunicationImplementation.RING)
         options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
         with compat.quiet_native_logs():  # gRPC server start-up lines
-            self.strategy = tf.distribute.MultiWorkerMirroredStrategy(
-                cluster_resolver=resolver, communication_options=options)
+            self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
     @property
     def local_replicas(self):

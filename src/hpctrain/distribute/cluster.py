@@ -75,6 +75,22 @@ def detect(env=None):
     return Cluster("single", job_id=job_id)
 
 
+def slurm_tf_config(cluster, env=None):
+    """TF_CONFIG for the tasks of an srun step, one worker per task in rank order. TF's own
+    SlurmClusterResolver needs GPUs (on CPUs it fails: range() arg 3 must not be zero) and drops tasks beyond
+    one per GPU. srun's default block distribution puts consecutive ranks on a node; each task listens on
+    a port of its own, derived from the job id so that jobs sharing a node do not collide."""
+    env = os.environ if env is None else env
+    per_node = slurm_tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_TASKS_PER_NODE", "1")))
+    width = max(10, *per_node)
+    base = 20000 + (int(cluster.job_id or 0) * width) % (40000 - width)
+    workers = [f"{host}:{base + i}" for host, n in zip(cluster.hosts, per_node) for i in range(n)]
+    if len(workers) != cluster.size:
+        raise ValueError(f"Slurm step of {cluster.size} tasks on {list(cluster.hosts)} with tasks per node "
+                         f"{per_node}: cannot place every task")
+    return json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": cluster.rank}})
+
+
 def expand_hostlist(hostlist):
     """'node[01-03,07],gpu1' -> ['node01', 'node02', 'node03', 'node07', 'gpu1'] (Slurm's hostlist syntax)."""
     hosts = []

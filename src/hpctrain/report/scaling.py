@@ -154,16 +154,29 @@ def csv_text(report):
     return buf.getvalue()
 
 
-def write(run_dirs, out):
-    """Builds the report of `run_dirs` into folder `out`; returns the report.md path."""
+def missing_runs(run_dirs):
+    """The run folders without timing.json: failed, cancelled or never started."""
+    return [d for d in run_dirs if not (Path(d) / "timing.json").is_file()]
+
+
+def write(run_dirs, out, allow_missing=False):
+    """Builds the report of `run_dirs` into folder `out`; returns the report.md path. With `allow_missing`
+    (a report queued after a sweep) runs without timing.json are named in report.md instead of failing it."""
     from hpctrain.report.plots import plot_group
 
-    report = build(run_dirs)
+    missing = missing_runs(run_dirs) if allow_missing else []
+    finished = [d for d in run_dirs if d not in missing]
+    report = build(finished) if finished or not missing else []
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for g in report:
         plot_group(g, out / f"{_slug(g)}-throughput.png", out / f"{_slug(g)}-efficiency.png")
     write_text(out / "report.json", json.dumps(report, indent=2))
     write_text(out / "report.csv", csv_text(report))
-    write_text(out / "report.md", markdown(report))
+    text = markdown(report)
+    if missing:
+        text += "\n## Runs without results\n\n" + "".join(
+            f"- {d}: no timing.json (the run failed, was cancelled or never started; see its job log)\n"
+            for d in missing)
+    write_text(out / "report.md", text)
     return out / "report.md"
