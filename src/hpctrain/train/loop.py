@@ -37,7 +37,12 @@ def train(spec, resume=False, force=False, backend=None):
         return _train(spec, backend, resume, force)
     except BaseException as e:
         if backend.size > 1 and not isinstance(e, SystemExit):
-            detail = str(e) if isinstance(e, (UserError, TrainingFailed)) else traceback.format_exc()
+            if isinstance(e, (UserError, TrainingFailed)):
+                detail = str(e)
+            elif isinstance(e, compat.tf().errors.OpError):  # e.g. a peer's heartbeat timed out
+                detail = f"{type(e).__name__}: {e.message.strip().splitlines()[0][:500]}"
+            else:
+                detail = traceback.format_exc()
             print(f"hpctrain train: rank {backend.rank} failed: {detail}", file=sys.stderr, flush=True)
             backend.abort(2 if isinstance(e, UserError) else 1)
         raise
