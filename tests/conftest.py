@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["slurm_cluster"]  # the `slurm` fixture: a private single-node Slurm cluster
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 VENV_BIN = Path(sys.executable).parent
