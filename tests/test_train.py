@@ -124,9 +124,16 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, mnist_h5):
     assert "continue with --resume" in err
     stopped_rows = metrics_rows(tmp_path / "stopped")
     assert len(stopped_rows) < 3
+    timing = tmp_path / "stopped" / "timing.json"
+    assert json.loads(timing.read_text())["complete"] is False
 
     run_hpctrain("train", job, "--resume", check=True)
     assert [r["epoch"] for r in metrics_rows(tmp_path / "stopped")] == [1, 2, 3]
+    finished = json.loads(timing.read_text())
+    assert finished["complete"] and finished["attempts"] == 2 and len(finished["step_times"]) == 75
+    # Resuming a finished run changes nothing.
+    proc = run_hpctrain("train", job, "--resume", check=True)
+    assert "already finished" in proc.stdout and json.loads(timing.read_text()) == finished
     a, b = (load_model(latest(tmp_path / name / "checkpoints" / "last"))[1].get_weights()
             for name in ("straight", "stopped"))
     for x, y in zip(a, b):

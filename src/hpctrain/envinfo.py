@@ -55,7 +55,7 @@ def _mpi():
 
     name, (major, minor, micro) = MPI.get_vendor()
     return {"mpi4py": mpi4py.__version__, "vendor": name, "version": f"{major}.{minor}.{micro}",
-            "library": MPI.Get_library_version().strip().splitlines()[0]}
+            "library": MPI.Get_library_version().replace("\0", "").strip().splitlines()[0]}
 
 
 def _hdf5():

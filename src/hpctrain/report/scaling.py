@@ -31,6 +31,8 @@ def load_run(run_dir):
         raise UserError(f"{run_dir} is not a finished run (no timing.json)") from None
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path}: {e}") from None
+    if timing.get("complete") is False:
+        raise UserError(f"{run_dir} was stopped before its end (continue it with --resume)")
     missing = [k for k in ("world_size", "global_batch", "throughput", *_COMPARED) if k not in timing]
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)}")
@@ -155,8 +157,13 @@ def csv_text(report):
 
 
 def missing_runs(run_dirs):
-    """The run folders without timing.json: failed, cancelled or never started."""
-    return [d for d in run_dirs if not (Path(d) / "timing.json").is_file()]
+    """The run folders without a finished timing.json: failed, cancelled, stopped or never started."""
+    def finished(d):
+        try:
+            return json.loads((Path(d) / "timing.json").read_text()).get("complete", True)
+        except (OSError, ValueError):
+            return False
+    return [d for d in run_dirs if not finished(d)]
 
 
 def write(run_dirs, out, allow_missing=False):

@@ -205,6 +205,10 @@ def _train(spec, backend, resume, force):
         verbose = (1 if interactive else 2) if backend.is_chief else 0
 
         epoch, in_epoch = divmod(start_step, steps)
+        if epoch >= spec.train.epochs:  # resumed after the end (e.g. a requeued job that had finished)
+            if backend.is_chief:
+                print(f"hpctrain train: {run_dir} already finished {spec.train.epochs} epochs", flush=True)
+            return Result(run_dir, None, timing.read(run_dir))
         if in_epoch:  # finish the interrupted epoch first, from the exact step it stopped at
             model.fit(ds, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps - in_epoch,
                       validation_data=validation, validation_steps=validation_steps, callbacks=callbacks, verbose=verbose)
@@ -218,7 +222,8 @@ def _train(spec, backend, resume, force):
         e, s, value = nonfinite.bad_step
         raise TrainingFailed(f"loss became {value} at epoch {e}, step {s}; the last good checkpoint is kept "
                              f"in {ckpt_dir}")
-    report = timing.summary(timer, spec, backend, steps, wall=time.time() - started, model=model)
+    report = timing.summary(timer, spec, backend, steps, wall=time.time() - started, model=model,
+                            complete=not stopper.stopped_at, earlier=timing.unfinished(run_dir) if resume else None)
     if backend.is_chief:
         timing.write(run_dir, report)
         timing.plot_curves(run_dir)

@@ -43,9 +43,17 @@ def environment(backend):
     return env
 
 
-def summary(timer, spec, backend, steps_per_epoch, wall, model):
+def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, earlier=None):
+    """timing.json's content. `complete`: False when a signal stopped the run; its resumption passes the
+    stopped attempt's timing as `earlier`, so the figures cover every step of the run."""
     global_batch = spec.train.batch_size * backend.replicas
+    if earlier:
+        timer.step_times = earlier["step_times"] + timer.step_times
+        timer.epoch_times = earlier["epoch_times"] + timer.epoch_times
+        wall += earlier["wall_time"]
+        timer.target_reached = (earlier.get("target") or {}).get("reached") or timer.target_reached
     return {
+        "complete": complete, "attempts": (earlier or {}).get("attempts", 0) + 1,
         "job": spec.name, "model": spec.model.name, "parameters": int(model.count_params()),
         "dataset": str(spec.data.path), "split": spec.data.split, "tile": spec.data.tile,
         "backend": backend.name, "world_size": backend.replicas, "processes": backend.size,
@@ -67,6 +75,17 @@ def summary(timer, spec, backend, steps_per_epoch, wall, model):
 
 def write(run_dir, report):
     write_text(run_dir / "timing.json", json.dumps(report, indent=2))
+
+
+def read(run_dir):
+    path = run_dir / "timing.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def unfinished(run_dir):
+    """The timing of a run a signal stopped, or None."""
+    report = read(run_dir)
+    return report if report and report.get("complete") is False else None
 
 
 def plot_curves(run_dir):
