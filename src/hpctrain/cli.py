@@ -90,9 +90,27 @@ def cmd_plot_tsne(args):
 def cmd_report(args):
     from hpctrain.report import scaling
 
-    path = scaling.write(args.runs, args.output)
+    path = scaling.write(args.runs, args.output, allow_missing=args.allow_missing)
     print(path.read_text())
     print(f"written: {path.parent}/")
+    missing = scaling.missing_runs(args.runs) if args.allow_missing else []
+    if missing:
+        print(f"hpctrain report: note: {len(missing)} of {len(args.runs)} runs have no timing.json (named in "
+              f"the report): {', '.join(map(str, missing))}", file=sys.stderr)
+    return 1 if missing and len(missing) == len(args.runs) else 0
+
+
+def cmd_submit(args):
+    from hpctrain.slurm import submit
+
+    sweep = submit.plan(args.job, submit.parse_sizes(args.gpus), backend=args.backend, nodes=args.nodes,
+                        gpus_per_node=args.gpus_per_node, cpu=args.cpu, template=args.template, output=args.output,
+                        overrides=args.set, cpus_per_task=args.cpus_per_task, partition=args.partition,
+                        account=args.account, time_limit=args.time, sbatch_args=args.sbatch_arg)
+    if args.dry_run:
+        print(submit.dry_run(sweep))
+        return 0
+    submit.submit(sweep)
 
 
 def cmd_scaling(args):
@@ -110,6 +128,28 @@ def cmd_demo(args):
 
     demo.run(args.output)
 
+
+def cmd_pack(args):
+    import importlib
+
+    from hpctrain.data import schema
+
+    packer = importlib.import_module(f"hpctrain.data.{args.format.removesuffix('-em')}")  # synthetic-em: synthetic
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "format", "func", "output")}
+    with schema.open_dataset(packer.pack(args.output, **options)) as ds:
+        print(f"wrote {schema.summary(ds)}")
+
+
+def cmd_inspect(args):
+    from hpctrain.data import schema
+
+    print(schema.describe(args.file))
+
+
+def cmd_verify(args):
+    from hpctrain.data import schema
+
+    print(schema.verify(args.file))
 
 def _add_spec_arguments(p):
     p.add_argument("job", help="job spec (TOML), e.g. jobs/unet_isbi.toml")
@@ -174,7 +214,28 @@ def build_parser():
     p = sub.add_parser("report", help="scaling report (tables, plots) of runs with different worker counts")
     p.add_argument("runs", nargs="+", help="run folders (each with timing.json)")
     p.add_argument("-o", "--output", required=True, help="report folder")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="name runs without timing.json in the report instead of failing (exit 1 if none has one)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("submit", help="Slurm: one training job per worker count, then a report job")
+    _add_spec_arguments(p)
+    p.add_argument("--gpus", required=True, metavar="N,N,...", help="worker (GPU) counts, e.g. 1,2,4,8")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--nodes", type=int, help="nodes of the largest run (default 1: every run on one node)")
+    where.add_argument("--gpus-per-node", type=int, help="GPUs per node; a run takes as many nodes as it needs")
+    p.add_argument("--cpu", action="store_true", help="request no GPUs: each worker is a CPU process")
+    p.add_argument("--template", help="a template of slurm/ (horovod-srun, horovod-mpirun, ...) or a path "
+                                      "(default: by backend)")
+    p.add_argument("-o", "--output", help="sweep folder (default: next to the spec's output.dir)")
+    p.add_argument("--cpus-per-task", type=int, help="CPUs per task (default: the template's)")
+    p.add_argument("--partition", help="Slurm partition")
+    p.add_argument("--account", help="Slurm account")
+    p.add_argument("--time", help="time limit of each training job, e.g. 01:00:00 (default: the template's)")
+    p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                   help="extra sbatch option for the training jobs, e.g. --sbatch-arg=--qos=high (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch commands, submit nothing")
+    p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("scaling", help="run a job on 1, 2, ... local workers, then the scaling report")
     _add_spec_arguments(p)
@@ -188,6 +249,38 @@ def build_parser():
     p = sub.add_parser("demo", help="pack ISBI 2012, train a U-Net on 1 and 2 workers, evaluate, report")
     p.add_argument("-o", "--output", default="runs/demo", help="demo folder (default runs/demo)")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("pack", help="pack a dataset into an hpctrain HDF5 file")
+    p.set_defaults(func=cmd_pack)
+    formats = p.add_subparsers(dest="format", required=True, parser_class=_Parser)
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("-o", "--output", required=True, help="HDF5 file to write")
+    out.add_argument("--force", action="store_true", help="overwrite an existing output")
+    out.add_argument("--compression", choices=("gzip", "lzf"), help="compress each stored sample (default: none)")
+    f = formats.add_parser("isbi", parents=[out], help="ISBI 2012 EM stacks (multi-page TIFF)")
+    f.add_argument("--volume", required=True, help="image stack, e.g. train-volume.tif")
+    f.add_argument("--labels", required=True, help="label stack, 0/255 or 0/1, e.g. train-labels.tif")
+    f.add_argument("--test", help="test stack without labels, e.g. test-volume.tif")
+    f = formats.add_parser("mnist", parents=[out], help="MNIST IDX files (raw or .gz)")
+    f.add_argument("--images", required=True, help="e.g. t10k-images-idx3-ubyte.gz")
+    f.add_argument("--labels", required=True, help="e.g. t10k-labels-idx1-ubyte.gz")
+    f = formats.add_parser("images", parents=[out], help="a folder or glob of PNG/TIFF slices and their masks")
+    f.add_argument("--images", required=True, help="folder or glob of image slices")
+    f.add_argument("--masks", required=True, help="folder or glob of two-valued masks, paired in natural order")
+    f.add_argument("--test", help="folder or glob of unlabelled slices")
+    f.add_argument("--class-names", type=lambda s: s.split(","), default=["background", "foreground"],
+                   metavar="A,B", help="names of mask classes 0 and 1 (default background,foreground)")
+    f = formats.add_parser("synthetic-em", parents=[out], help="EM-like images with membrane masks")
+    f.add_argument("--count", type=int, required=True, help="number of samples")
+    f.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
+    f.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    p = sub.add_parser("inspect", help="shapes, class balance, splits and provenance of an HDF5 dataset")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("verify", help="re-check an HDF5 dataset's schema and content hash")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_verify)
     return parser
 
 
