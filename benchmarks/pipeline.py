@@ -1,0 +1,112 @@
+"""Input pipeline throughput on the 512 x 512 ISBI 2012 samples (image + mask), in samples per second:
+
+  (1) raw h5py reads of the same bytes, in a shuffled order: the limit of reading
+  (2) hpctrain's train_dataset, without and with augmentation (in memory, and streamed from the file)
+  (3) the classic U-Net lecture recipe: PNG folders through tf_keras ImageDataGenerator.flow_from_directory,
+      one generator for images and one for masks with the same seed and the same augmentation
+
+and the ratios against the goals (2, no augmentation) >= 0.8 x (1) and (2, augmentation) >= 10 x (3).
+Also shown: (1) plus the conversion to the float32 batches the pipeline delivers, and the CPU time per
+sample of each case (the pipeline uses every core, the other cases one).
+
+    .venv/bin/python benchmarks/pipeline.py [--seconds 6] [--batch 8]
+"""
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+from PIL import Image
+
+from hpctrain import compat
+from hpctrain.data import isbi, pipeline
+from hpctrain.data.augment import AugmentConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = AugmentConfig()  # rotation 20, shifts, shear and zoom 0.05, both flips, nearest fill
+
+
+def measure(batches, batch_size, seconds):
+    """(samples per second, CPU milliseconds per sample) drawn from an iterator of batches, after a warm-up."""
+    for _ in range(3):
+        next(batches)
+    count, started, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - started < seconds:
+        next(batches)
+        count += batch_size
+    return count / (time.perf_counter() - started), (time.process_time() - cpu) / count * 1000
+
+
+def raw_reads(path, batch_size, to_float=False):
+    with h5py.File(path, "r") as f:
+        images, masks = f["images"], f["masks"]
+        order = np.random.default_rng(0).permutation(np.resize(np.arange(len(images)), 10**6))
+        for start in range(0, len(order), batch_size):
+            batch = [(images[i], masks[i]) for i in order[start:start + batch_size]]
+            if to_float:  # what the pipeline delivers: float32 batches, x in [0, 1]
+                batch = (np.stack([x for x, _ in batch]).astype(np.float32)[..., None] * np.float32(1 / 255),
+                         np.stack([y for _, y in batch]).astype(np.float32)[..., None])
+            yield batch
+
+
+def hpctrain_batches(path, batch_size, augment, in_memory):
+    ds, _ = pipeline.train_dataset(path, "all", rank=0, size=1, batch_size=batch_size, seed=0, augment=augment,
+                                   in_memory=in_memory)
+    return iter(ds)
+
+
+def keras_batches(path, folder, batch_size):
+    keras = compat.keras()
+    with h5py.File(path, "r") as f:
+        for name in ("images", "masks"):
+            (folder / name / "all").mkdir(parents=True)
+            for i, array in enumerate(f[name][()]):
+                Image.fromarray(array * (255 if name == "masks" else 1)).save(folder / name / "all" / f"{i}.png")
+    recipe = dict(rotation_range=RECIPE.rotation_range, width_shift_range=RECIPE.width_shift_range,
+                  height_shift_range=RECIPE.height_shift_range, shear_range=RECIPE.shear_range,
+                  zoom_range=RECIPE.zoom_range, horizontal_flip=True, vertical_flip=True, fill_mode="nearest")
+    flows = [keras.preprocessing.image.ImageDataGenerator(**recipe).flow_from_directory(
+        folder / name, class_mode=None, color_mode="grayscale", target_size=(512, 512), batch_size=batch_size,
+        seed=1) for name in ("images", "masks")]
+    for images, masks in zip(*flows):  # the lecture's adjustData: scale, threshold the mask
+        yield images / 255, (masks / 255 > 0.5).astype(np.float32)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=6, help="measuring time per case")
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "isbi.h5"
+        data = ROOT / "data" / "isbi2012"
+        isbi.pack(path, volume=data / "train-volume.tif", labels=data / "train-labels.tif")
+        results, cpu_ms = {}, {}
+
+        def case(name, batches):
+            results[name], cpu = cpu_ms[name] = measure(batches, args.batch, args.seconds)
+            print(f"{name:52} {results[name]:9.1f} samples/s {cpu:8.2f} CPU ms/sample", flush=True)
+
+        print(f"ISBI 2012, 30 samples of 512 x 512 uint8 image + mask, batch {args.batch}, "
+              f"{args.seconds:g} s per case", flush=True)
+        case("(1) raw h5py reads (shuffled)", raw_reads(path, args.batch))
+        case("    raw h5py reads + float32 batches in numpy", raw_reads(path, args.batch, to_float=True))
+        case("(2) hpctrain, in memory, no augmentation", hpctrain_batches(path, args.batch, None, True))
+        case("(2) hpctrain, streamed, no augmentation", hpctrain_batches(path, args.batch, None, False))
+        case("(2) hpctrain, in memory, augmentation", hpctrain_batches(path, args.batch, RECIPE, True))
+        case("(2) hpctrain, streamed, augmentation", hpctrain_batches(path, args.batch, RECIPE, False))
+        case("(3) Keras ImageDataGenerator, augmentation", keras_batches(path, Path(tmp) / "png", args.batch))
+
+    plain = results["(2) hpctrain, in memory, no augmentation"] / results["(1) raw h5py reads (shuffled)"]
+    augmented = (results["(2) hpctrain, in memory, augmentation"]
+                 / results["(3) Keras ImageDataGenerator, augmentation"])
+    print(f"\n(2, no augmentation) / (1) = {plain:5.2f}   goal >= 0.8   {'met' if plain >= 0.8 else 'NOT met'}")
+    print(f"(2, augmentation) / (3)    = {augmented:5.1f}   goal >= 10    {'met' if augmented >= 10 else 'NOT met'}")
+    cpu = cpu_ms["(3) Keras ImageDataGenerator, augmentation"][1] / cpu_ms["(2) hpctrain, in memory, augmentation"][1]
+    print(f"CPU time per augmented sample, (3) / (2) = {cpu:.1f} (independent of how many cores are free)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""tf.data input pipelines over a dataset file: sharded per rank, shuffled per epoch, resumable.
+
+Training order: epoch e is a permutation of the split's indices from the stateless seed [seed, e], the
+same on every rank; rank r takes perm[r::size], cut so that every rank yields exactly steps_per_epoch
+batches. Augmentation and tile crops use a per-sample seed derived from (seed, e, sample index). So the
+batches depend only on (seed, epoch, step, rank, size), and resuming at (epoch, step) skips indices
+without reading any data.
+
+Reading: files below IN_MEMORY_LIMIT are read once into memory (per process). Larger ones stream each
+sample straight from its HDF5 chunk (one uncompressed chunk per sample) through a memory map of the file,
+opened in the process that reads: no h5py handle and no Python run while batches are made, so forked
+workers, parallel reads and interpreter exit are all safe (a Python reader inside tf.data, e.g.
+tf.numpy_function, can hang the process at exit).
+Batches: x float32 [B, h, w, C] in [0, 1]; y float32 [B, h, w, 1] class ids (segmentation) or int32 [B].
+"""
+import functools
+import sys
+
+import h5py
+import numpy as np
+
+from hpctrain import compat
+from hpctrain.data import augment as augmentation
+from hpctrain.data import schema
+from hpctrain.errors import UserError
+
+IN_MEMORY_LIMIT = 1 << 30
+
+
+def dataset_info(path):
+    """kind, image_shape (H, W, C), channels, dtype, num_classes, class_names, count, test_count and
+    splits {name: {"train": n, "val": n}}."""
+    with schema.open_dataset(path) as ds:
+        return _info(ds)
+
+
+def train_dataset(path, split, *, rank, size, batch_size, seed, tile=None, augment=None,
+                  start_epoch=0, start_step=0, in_memory=None):
+    """Infinite dataset of batches (x, y) for this rank, and steps_per_epoch (equal on all ranks).
+
+    split e.g. "fold0" (uses splits/fold0/train); tile: random tile x tile crops, None = whole images;
+    augment: an AugmentConfig (or a mapping of its fields), None = no augmentation; in_memory: None =
+    automatic (below 1 GiB).
+    """
+    tf = compat.tf()
+    with schema.open_dataset(path) as ds:
+        info = _info(ds)
+        indices = ds.split(split, "train")
+    if not (0 <= rank < size and batch_size >= 1 and start_epoch >= 0 and start_step >= 0):
+        raise UserError(f"need 0 <= rank < size, batch_size >= 1 and a start >= 0 "
+                        f"(got rank {rank}, size {size}, batch {batch_size}, start {start_epoch}/{start_step})")
+    steps = len(indices) // size // batch_size
+    if steps == 0:
+        raise UserError(f"world size x batch larger than the split: {size} x {batch_size} > "
+                        f"{len(indices)} training samples in split {split!r}")
+    config = augmentation.AugmentConfig.of(augment)
+    height, width = info["image_shape"][:2]
+    if tile is not None and not 1 <= tile <= min(height, width):
+        raise UserError(f"tile {tile} does not fit the {height}x{width} images")
+    out_hw = (tile, tile) if tile else (height, width)
+    if tile and not config:
+        config = augmentation.CROP_ONLY
+    source = _source(path, in_memory)
+    start_epoch, start_step = start_epoch + start_step // steps, start_step % steps
+    per_epoch = steps * batch_size
+    split_indices = tf.constant(indices)
+    seed = tf.constant(seed, tf.int64)
+
+    def epoch(e):
+        perm = tf.random.experimental.stateless_shuffle(split_indices, tf.stack([seed, e]))
+        mine = perm[rank::size][:per_epoch]
+        return tf.data.Dataset.from_tensor_slices({"index": mine, "epoch": tf.fill([per_epoch], e)})
+
+    def with_draws(element):
+        sample_seed = tf.random.experimental.stateless_fold_in(tf.stack([seed, element["epoch"]]), element["index"])
+        return {"index": element["index"], "draws": augmentation.draws(sample_seed, config, out_hw)}
+
+    def prepared(batch):
+        if not config:
+            return _converted(batch, info["kind"])
+        images, targets = _with_channels(batch["image"]), batch["target"]
+        segmentation = info["kind"] == "segmentation"
+        x, masks = augmentation.transform(images, targets[..., None] if segmentation else None, batch["draws"],
+                                          config, out_hw)
+        return x * _scale(images.dtype), masks if segmentation else tf.cast(targets, tf.int32)
+
+    elements = (tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch)
+                .skip(start_step * batch_size))
+    elements = elements.map(with_draws) if config else elements.map(lambda e: {"index": e["index"]})
+    batches = source.batches(elements, batch_size, drop_remainder=True)
+    return _finish(batches.map(prepared, num_parallel_calls=tf.data.AUTOTUNE)), steps
+
+
+def eval_dataset(path, split, *, batch_size, subset="val", in_memory=None):
+    """Finite dataset of batches (x, y) of whole images in index order, without augmentation; the last
+    batch may be smaller."""
+    tf = compat.tf()
+    with schema.open_dataset(path) as ds:
+        info = _info(ds)
+        indices = ds.split(split, subset)
+    if len(indices) == 0:
+        raise UserError(f"split {split!r} has no {subset} samples")
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, not {batch_size}")
+    source = _source(path, in_memory)
+    elements = tf.data.Dataset.from_tensor_slices({"index": indices})
+    batches = source.batches(elements, batch_size, drop_remainder=False)
+    return _finish(batches.map(lambda b: _converted(b, info["kind"]), num_parallel_calls=tf.data.AUTOTUNE))
+
+
+# ---------------------------------------------------------------- helpers
+
+def _info(ds):
+    images = ds.images
+    channels = images.shape[3] if images.ndim == 4 else 1
+    return {
+        "kind": ds.kind,
+        "image_shape": (*images.shape[1:3], channels),
+        "channels": channels,
+        "dtype": images.dtype.name,
+        "num_classes": len(ds.class_names),
+        "class_names": list(ds.class_names),
+        "count": len(images),
+        "test_count": len(ds.test_images) if ds.test_images is not None else 0,
+        "splits": {name: {subset: len(ds.file["splits"][name][subset]) for subset in ("train", "val")}
+                   for name in ds.split_names},
+    }
+
+
+def _converted(batch, kind):
+    """x float32 [B, H, W, C] in [0, 1]; y float32 [B, H, W, 1] class ids, or int32 [B]."""
+    tf = compat.tf()
+    images, targets = _with_channels(batch["image"]), batch["target"]
+    x = tf.cast(images, tf.float32) * _scale(images.dtype)
+    if kind == "segmentation":
+        return x, tf.cast(targets, tf.float32)[..., None]
+    return x, tf.cast(targets, tf.int32)
+
+
+def _with_channels(images):
+    return images[..., None] if images.shape.rank == 3 else images
+
+
+def _scale(dtype):
+    """What maps the integer pixel type onto [0, 1]."""
+    return 1 / np.iinfo(dtype.as_numpy_dtype).max
+
+
+def _finish(batches):
+    tf = compat.tf()
+    options = tf.data.Options()
+    options.deterministic = True
+    # each rank reads its own shard; tf.distribute must not shard again
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return batches.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _source(path, in_memory):
+    """Where batches read their samples from: memory, or the file's chunks."""
+    with schema.open_dataset(path) as ds:
+        if in_memory or (in_memory is None and ds.images.nbytes + ds.targets.nbytes < IN_MEMORY_LIMIT):
+            stat = ds.path.stat()
+            return _memory_source(ds.path.resolve(), stat.st_mtime_ns, stat.st_size)
+        return _MappedSource(ds)
+
+
+@functools.lru_cache(maxsize=2)
+def _memory_source(path, mtime_ns, size):
+    return _MemorySource(path)
+
+
+class _MemorySource:
+    """The arrays as tensors, read once and shared by every pipeline over the same unchanged file."""
+
+    def __init__(self, path):
+        tf = compat.tf()
+        with schema.open_dataset(path) as ds, tf.device("/CPU:0"):  # host memory, also on GPU machines
+            self.images, self.targets = tf.constant(ds.images[()]), tf.constant(ds.targets[()])
+
+    def batches(self, elements, batch_size, drop_remainder):
+        tf = compat.tf()
+
+        def read(batch):
+            return {**batch, "image": tf.gather(self.images, batch["index"]),
+                    "target": tf.gather(self.targets, batch["index"])}
+
+        return elements.batch(batch_size, drop_remainder).map(read, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class _MappedSource:
+    """Streams samples from the file itself: it is memory-mapped (copy-on-write, so never written) and
+    handed to TensorFlow without a copy (DLPack); a sample is the slice of its chunk. The OS reads pages
+    on demand and caches them; no h5py and no Python run while batches are made."""
+
+    def __init__(self, ds):
+        tf = compat.tf()
+        if ds.images.compression or ds.targets.compression:
+            raise UserError(f"{ds.path}: compressed files are read into memory, and this one holds "
+                            f"{(ds.images.nbytes + ds.targets.nbytes) / 2**30:.1f} GiB; pack it without "
+                            "--compression to stream it, or read it into memory (in_memory)")
+        with tf.device("/CPU:0"):
+            self.file = tf.experimental.dlpack.from_dlpack(np.memmap(ds.path, np.uint8, mode="c").__dlpack__())
+        self.images = _SampleTable(ds, ds.images)
+        segmentation = ds.kind == "segmentation"
+        self.masks = _SampleTable(ds, ds.targets) if segmentation else None
+        self.labels = None if segmentation else tf.constant(ds.targets[()])  # small: N bytes
+
+    def batches(self, elements, batch_size, drop_remainder):
+        tf = compat.tf()
+
+        def read(element):
+            i = element["index"]
+            target = self._slice(self.masks, i) if self.masks is not None else tf.gather(self.labels, i)
+            return {**element, "image": self._slice(self.images, i), "target": target}
+
+        samples = elements.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+        return samples.batch(batch_size, drop_remainder)
+
+    def _slice(self, table, i):
+        tf = compat.tf()
+        data = tf.slice(self.file, tf.gather(table.offsets, i)[None], [table.nbytes])
+        if table.dtype != tf.uint8:
+            data = tf.bitcast(tf.reshape(data, [-1, table.dtype.size]), table.dtype)
+        return tf.reshape(data, table.sample_shape)
+
+
+class _SampleTable:
+    """Where each sample of an uncompressed array lies in the file: one chunk per sample."""
+
+    def __init__(self, ds, array):
+        tf = compat.tf()
+        name = array.name.lstrip("/")
+        nbytes = array.dtype.itemsize * int(np.prod(array.shape[1:]))
+        offsets = np.full(len(array), -1, np.int64)
+
+        def visit(chunk):
+            if chunk.size == nbytes and not chunk.filter_mask:
+                offsets[chunk.chunk_offset[0]] = chunk.byte_offset
+
+        plain = not (array.compression or array.shuffle or array.fletcher32 or array.scaleoffset)
+        if plain and array.chunks == (1, *array.shape[1:]):
+            array.id.chunk_iter(visit)
+        little_endian = array.dtype.itemsize == 1 or (array.id.get_type().get_order() == h5py.h5t.ORDER_LE
+                                                      and sys.byteorder == "little")
+        if (offsets < 0).any() or not little_endian:
+            raise UserError(f"{ds.path}: {name} cannot be streamed (it needs one plain little-endian chunk "
+                            "per sample, as hpctrain packs it); read it into memory (in_memory)")
+        self.offsets, self.nbytes, self.sample_shape = tf.constant(offsets), nbytes, array.shape[1:]
+        self.dtype = tf.as_dtype(array.dtype)
