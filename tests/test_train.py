@@ -180,3 +180,14 @@ def test_checkpoint_of_another_model_is_refused(cnn_run, tmp_path):
 def test_existing_run_folder_needs_resume_or_force(cnn_run, mnist_h5, tmp_path):
     job = cnn_job(cnn_run.parent, mnist_h5)
     assert_user_error(run_hpctrain("train", job), "exists", "--resume")
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("data.split='fold9'", "no split 'fold9'"),
+    ("train.batch_size=9000", "world size x batch larger than the split"),
+    ("model.name='unet'", "needs segmentation"),
+])
+def test_bad_data_choices_are_refused_before_a_run_folder_exists(tmp_path, mnist_h5, override, fragment):
+    job = cnn_job(tmp_path, mnist_h5)
+    assert_user_error(run_hpctrain("train", job, "--set", override), fragment)
+    assert not (tmp_path / "cnn").exists()

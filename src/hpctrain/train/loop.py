@@ -114,15 +114,29 @@ def _train(spec, backend, resume, force):
 
     keras = compat.keras()
     started = time.time()
-    run_dir = _prepare_run_dir(spec, backend, resume, force)
-    _seed(spec.train)
     path = _data_path(spec, backend)
     info = pipeline.dataset_info(path)
     wanted = "segmentation" if spec.model.name in models.SEGMENTATION else "classification"
     if info["kind"] != wanted:
         raise UserError(f"{path} holds a {info['kind']} dataset; model {spec.model.name} needs {wanted}")
+    sizes = info["splits"].get(spec.data.split)
+    if sizes is None:
+        raise UserError(f"{path} has no split {spec.data.split!r} (it has {', '.join(info['splits'])})")
+    B = spec.train.batch_size
+    index, count = backend.input_shard
+    process_batch = B * backend.local_replicas
+    # One pass over this process's shard; the data position follows from the global step count.
+    natural_steps = sizes["train"] // count // process_batch
+    if natural_steps == 0:
+        raise UserError(f"world size x batch larger than the split: {backend.replicas} x {B} > {sizes['train']} "
+                        f"training samples in split {spec.data.split!r}")
+    height, width = info["image_shape"][:2]
+    if spec.data.tile and spec.data.tile > min(height, width):
+        raise UserError(f"data.tile {spec.data.tile} does not fit the {height}x{width} images of {path}")
+    run_dir = _prepare_run_dir(spec, backend, resume, force)  # only once the data is known to be good
+    _seed(spec.train)
 
-    replicas, B = backend.replicas, spec.train.batch_size
+    replicas = backend.replicas
     base_lr = spec.train.learning_rate
     lr = scaled_learning_rate(base_lr, replicas, spec.distribute.lr_scaling)
     with backend.scope():
@@ -148,13 +162,6 @@ def _train(spec, backend, resume, force):
         if backend.is_chief:
             print(f"hpctrain train: resuming from {prefix} at step {start_step}", flush=True)
 
-    index, count = backend.input_shard
-    process_batch = B * backend.local_replicas
-    # One pass over this process's shard; the data position follows from the global step count.
-    sizes = info["splits"].get(spec.data.split)
-    if sizes is None:
-        raise UserError(f"{path} has no split {spec.data.split!r} (it has {', '.join(info['splits'])})")
-    natural_steps = sizes["train"] // count // process_batch
 
     def data(step):
         """This process's batches from global step `step` on."""
