@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from hpctrain.distribute.launch import free_ports
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "scontrol", "scancel", "squeue", "sinfo")
 # States a job does not leave again (REQUEUED, PENDING, COMPLETING... are on the way).
@@ -53,17 +55,6 @@ def _parse_fields(line):
     return dict(p.split("=", 1) for p in parts if "=" in p)
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 class SlurmCluster:
     def __init__(self, root, cpus=16, gpus=8):
         self.root, self.cpus, self.gpus = Path(root), cpus, gpus
@@ -86,7 +77,7 @@ class SlurmCluster:
             dev = r / "dev" / f"gpu{i}"
             if not dev.exists():
                 os.mknod(dev, 0o666 | 0o020000, os.makedev(1, 3))
-        ctld_port, slurmd_port = _free_ports(2)
+        ctld_port, slurmd_port = free_ports(2)
         (r / "plugstack.conf").write_text("")  # not the site's /etc/slurm/plugstack.conf
         (r / "gres.conf").write_text(f"NodeName={self.host} Name=gpu File={r}/dev/gpu[0-{self.gpus - 1}]\n")
         self.conf.write_text(f"""\

@@ -101,9 +101,10 @@ def cmd_report(args):
 
 
 def cmd_submit(args):
+    from hpctrain import sweep
     from hpctrain.slurm import submit
 
-    sweep = submit.plan(args.job, submit.parse_sizes(args.gpus), backend=args.backend, nodes=args.nodes,
+    sweep = submit.plan(args.job, sweep.parse_counts(args.gpus, "--gpus"), backend=args.backend, nodes=args.nodes,
                         gpus_per_node=args.gpus_per_node, cpu=args.cpu, template=args.template, output=args.output,
                         overrides=args.set, cpus_per_task=args.cpus_per_task, partition=args.partition,
                         account=args.account, time_limit=args.time, sbatch_args=args.sbatch_arg)
@@ -117,7 +118,7 @@ def cmd_scaling(args):
     from hpctrain import sweep
 
     overrides = list(args.set)
-    path = sweep.run(args.job, sweep.parse_workers(args.workers), args.output, args.backend, args.launcher,
+    path = sweep.run(args.job, sweep.parse_counts(args.workers), args.output, args.backend, args.launcher,
                      overrides, args.force, args.cores_per_worker)
     print(path.read_text())
     print(f"written: {path.parent}/")

@@ -8,14 +8,15 @@ from hpctrain.distribute import launch
 from hpctrain.errors import UserError
 
 
-def parse_workers(text):
+def parse_counts(text, option="--workers"):
+    """'1,2,4' -> [1, 2, 4]: the worker counts of a sweep (`hpctrain scaling`, `hpctrain submit`)."""
     try:
-        workers = sorted({int(x) for x in text.split(",") if x.strip()})
+        counts = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
-        raise UserError(f"--workers takes a list like 1,2,4, not {text!r}") from None
-    if not workers or workers[0] < 1:
-        raise UserError(f"--workers needs positive counts, not {text!r}")
-    return workers
+        raise UserError(f"{option} takes worker counts like 1,2,4,8, not {text!r}") from None
+    if not counts or counts[0] < 1:
+        raise UserError(f"{option} needs positive worker counts, not {text!r}")
+    return counts
 
 
 def run(job_path, workers, out, backend=None, launcher=None, overrides=(), force=False, cores_per_worker=None):

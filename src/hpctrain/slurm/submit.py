@@ -71,16 +71,6 @@ def find_template(name, directory):
     raise UserError(f"template {name!r} not found in {directory} (templates there: {names})")
 
 
-def parse_sizes(text):
-    try:
-        sizes = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise UserError(f"--gpus takes worker counts like 1,2,4,8, not {text!r}") from None
-    if not sizes or sizes[0] < 1:
-        raise UserError(f"--gpus needs positive worker counts, not {text!r}")
-    return sizes
-
-
 def per_node(sizes, nodes=None, gpus_per_node=None):
     """Workers (GPUs) per node: given, or what lets the largest run span `nodes` nodes, or all on one."""
     if gpus_per_node is not None:
