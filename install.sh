@@ -71,9 +71,9 @@ say "installing horovod from $wheel_dir"
 
 say "checking imports"
 "$VENV/bin/python" - <<'EOF'
-import hpctrain.compat  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
-import horovod, horovod.tensorflow.keras as hvd
-import tensorflow as tf, tf_keras, mpi4py, h5py
+from hpctrain import compat  # sets TF_USE_LEGACY_KERAS before TensorFlow loads, without its start-up noise
+tf, tf_keras, hvd = compat.tf(), compat.keras(), compat.horovod_keras()
+import horovod, mpi4py, h5py
 assert hvd.mpi_built() and hvd.gloo_built(), "Horovod lacks MPI or Gloo"
 assert tf.keras.__name__.startswith("tf_keras"), tf.keras.__name__
 print(f"[install] TensorFlow {tf.__version__}, tf_keras {tf_keras.__version__}, "
