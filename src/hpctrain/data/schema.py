@@ -30,6 +30,8 @@ import contextlib
 import datetime
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import h5py
@@ -175,22 +177,27 @@ class Writer:
     """Fills the arrays of a new file sample by sample (or block by block), hashing as it goes. What
     `meta` only learns from the data (e.g. label_values) may be set before the block of create() ends."""
 
-    def __init__(self, file, compression, *, kind, class_names, label_values, sources, splits):
-        self.file = file
+    def __init__(self, file, compression, *, kind, class_names, label_values, sources, splits, target=None):
+        self.file, self.target = file, target or file.filename
         self.compression = compression
         self.meta = dict(kind=kind, class_names=class_names, label_values=label_values, sources=sources)
         self.splits = splits
         self.class_counts = np.zeros(len(class_names), np.int64)
         self._next = {}
         self._hashes = {}
+        self._arrays = {}
 
     def create(self, name, count, sample_shape, dtype):
         if name not in DATA_ARRAYS:
             raise ValueError(f"not a data array: {name}")
         shape = (count, *sample_shape)
+        if self.compression is None:
+            _check_space(self.file.filename, self.target, count * int(np.prod(sample_shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
         chunks = (1, *sample_shape) if sample_shape and count else None
-        self.file.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks,
-                                 compression=self.compression if chunks else None)
+        # One Dataset object per array: a signal (Ctrl-C, SIGTERM) that lands in the deallocation of a
+        # short-lived h5py object is swallowed there, so writing makes none per sample.
+        self._arrays[name] = self.file.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks,
+                                                      compression=self.compression if chunks else None)
         self._next[name] = 0
         self._hashes[name] = hashlib.sha256()
 
@@ -206,7 +213,7 @@ class Writer:
             self._put(name, array[start:start + step])
 
     def _put(self, name, block):
-        array, start = self.file[name], self._next[name]
+        array, start = self._arrays[name], self._next[name]
         if block.shape[1:] != array.shape[1:] or block.dtype != array.dtype:
             raise ValueError(f"{name}[{start}]: {block.dtype} {block.shape[1:]}, "
                              f"expected {array.dtype} {array.shape[1:]}")
@@ -236,6 +243,15 @@ class Writer:
         })
 
 
+def _check_space(path, target, nbytes):
+    """Refuses an array the disk cannot hold before writing it: HDF5 fails badly (it can crash on close)
+    when a write meets a full disk."""
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    if nbytes + (1 << 20) > free:
+        raise UserError(f"not enough disk space for {target}: {nbytes / 2**20:.1f} MiB more needed, "
+                        f"{free / 2**20:.1f} MiB free")
+
+
 @contextlib.contextmanager
 def create(out, *, kind, class_names, label_values, sources, splits, force=False, compression=None):
     """Yields a Writer for a new file; the file appears at `out`, complete, only if the block succeeds.
@@ -249,7 +265,7 @@ def create(out, *, kind, class_names, label_values, sources, splits, force=False
     with atomic_output(out, force) as tmp:
         with h5py.File(tmp, "w") as f:
             writer = Writer(f, compression, kind=kind, class_names=class_names, label_values=label_values,
-                            sources=sources, splits=splits)
+                            sources=sources, splits=splits, target=out)
             yield writer
             writer.finish()
 
