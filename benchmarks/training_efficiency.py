@@ -3,7 +3,8 @@ the same model, achieved FLOP/s, and the model FLOPs utilisation (MFU) against t
 
     .venv/bin/python benchmarks/training_efficiency.py [--filters 64] [--tile 256] [--batch 2] [--steps 25]
 
-- sgemm peak: numpy float32 matmul of 4096x4096 matrices, best of 5, in this run.
+- sgemm peak: numpy float32 matmul of 4096x4096 matrices, best of 5, in this run (threadpoolctl names
+  the BLAS kernel).
 - FLOPs per sample: counted analytically from the model's Conv2D layers (2 x H x W x kh x kw x Cin x Cout
   per layer; convolutions are > 99.9 % of the U-Net's arithmetic); one training step = 3 x forward.
 - plain fit: `model.fit` on in-memory random data, no callbacks beyond a step timer.
@@ -13,6 +14,7 @@ Both after 5 warm-up steps. Goals: hpctrain within 3 % of plain fit; MFU >= 0.85
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,18 +28,26 @@ HPCTRAIN = str(Path(sys.executable).parent / "hpctrain")
 WARMUP = 5
 
 
-def sgemm_peak(n=4096, repeat=5):
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    b = a.T.copy()
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeat))
-    return 2 * n ** 3 / best
+_PEAK = """
+import time, numpy as np
+from threadpoolctl import threadpool_info
+n = 4096
+a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32); b = a.T.copy(); a @ b
+def timed():
+    start = time.perf_counter(); a @ b; return time.perf_counter() - start
+best = min(timed() for _ in range(5))
+blas = threadpool_info()[0]
+print(2 * n ** 3 / best, blas.get("internal_api"), blas.get("architecture"), blas.get("num_threads"))
+"""
 
 
-def _timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def sgemm_peak():
+    """numpy's float32 matmul in a clean process: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE, which this
+    workplace may set for old OpenBLAS builds, are unset there (they select a slower kernel)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    out = subprocess.run([sys.executable, "-c", _PEAK], env=env, capture_output=True, text=True, check=True)
+    flops, *kernel = out.stdout.split()
+    return float(flops), " ".join(kernel)
 
 
 def conv_flops(model):
@@ -96,14 +106,14 @@ def main():
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=25)
     args = parser.parse_args()
-    peak = sgemm_peak()
+    peak, kernel = sgemm_peak()
     with tempfile.TemporaryDirectory() as tmp:
         ours = hpctrain_fit(args.filters, args.tile, args.batch, args.steps, tmp)
     plain, model = plain_fit(args.filters, args.tile, args.batch, args.steps)
     flops = 3 * conv_flops(model)
     print(f"U-Net depth 5, {args.filters} base filters ({model.count_params():,} parameters), {args.tile}x{args.tile}, "
           f"batch {args.batch}, {args.steps} steps ({WARMUP} warm-up)")
-    print(f"sgemm peak (numpy, 4096^3)          {peak / 1e9:8.1f} GFLOP/s")
+    print(f"sgemm peak (numpy, 4096^3)          {peak / 1e9:8.1f} GFLOP/s  ({kernel})")
     print(f"training FLOPs per sample (3 x fwd) {flops / 1e9:8.2f} GFLOP")
     print("| path | samples/s | GFLOP/s | MFU |\n|---|---:|---:|---:|")
     for name, tp in (("plain tf_keras fit, in-memory random data", plain), ("hpctrain train (HDF5, augmentation)", ours)):
