@@ -186,8 +186,14 @@ def test_existing_run_folder_needs_resume_or_force(cnn_run, mnist_h5, tmp_path):
     ("data.split='fold9'", "no split 'fold9'"),
     ("train.batch_size=9000", "world size x batch larger than the split"),
     ("model.name='unet'", "needs segmentation"),
+    ("data.tile=32", "does not fit the 28x28 images"),
+    ("data.path='data/isbi2012/train-volume.tif'", "not a readable HDF5 file"),
 ])
 def test_bad_data_choices_are_refused_before_a_run_folder_exists(tmp_path, mnist_h5, override, fragment):
     job = cnn_job(tmp_path, mnist_h5)
-    assert_user_error(run_hpctrain("train", job, "--set", override), fragment)
+    assert_user_error(run_hpctrain("train", job, "--set", override, cwd=VENV_BIN.parent.parent), fragment)
     assert not (tmp_path / "cnn").exists()
+
+
+def test_several_workers_need_a_distributed_backend(tmp_path, mnist_h5):
+    assert_user_error(run_hpctrain("launch", "-n", 2, cnn_job(tmp_path, mnist_h5)), "backend 'none' trains on one")
