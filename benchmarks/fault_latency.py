@@ -8,15 +8,14 @@ asserts the same thing stays under 60 s).
 import contextlib
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-HPCTRAIN = str(Path(sys.executable).parent / "hpctrain")
+from common import HPCTRAIN, pack_mnist
+
 
 
 def rank_of(proc):
@@ -34,9 +33,7 @@ def rank_of(proc):
 
 def main():
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "mnist.h5"
-        subprocess.run([HPCTRAIN, "pack", "mnist", "--images", ROOT / "data/mnist/t10k-images-idx3-ubyte.gz",
-                        "--labels", ROOT / "data/mnist/t10k-labels-idx1-ubyte.gz", "-o", data], check=True)
+        data = pack_mnist(tmp)
         job = Path(tmp) / "job.toml"
         job.write_text(f'name = "kill"\n[data]\npath = "{data}"\nsplit = "holdout"\n[model]\nname = "lenet5"\n'
                        '[train]\nbatch_size = 16\nepochs = 1000\nvalidation = false\n'

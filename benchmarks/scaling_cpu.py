@@ -12,10 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from common import pack_mnist
 
-from hpctrain.distribute import launch  # noqa: E402
+from hpctrain.distribute import launch
 
 PLAIN_DEFAULTS = {"OMPI_MCA_mpi_yield_when_idle": "0", "HOROVOD_CYCLE_TIME": "1"}
 
@@ -61,13 +60,12 @@ def main():
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--models", default="unet,cnn")
     args = parser.parse_args()
-    from hpctrain.data import mnist, synthetic
+    from hpctrain.data import synthetic
 
     with tempfile.TemporaryDirectory() as tmp:
         data = {"unet": Path(tmp) / "synth.h5", "cnn": Path(tmp) / "mnist.h5"}
         synthetic.pack(data["unet"], count=256, size=128, seed=0)
-        mnist.pack(data["cnn"], images=ROOT / "data/mnist/t10k-images-idx3-ubyte.gz",
-                   labels=ROOT / "data/mnist/t10k-labels-idx1-ubyte.gz")
+        pack_mnist(tmp)
         rows = []
         for model in args.models.split(","):
             job = job_file(tmp, model, data[model], args.steps)

@@ -10,13 +10,12 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-HPCTRAIN = str(Path(sys.executable).parent / "hpctrain")
+from common import HPCTRAIN, pack_isbi
+
 
 
 def main():
@@ -24,9 +23,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "isbi.h5"
-        subprocess.run([HPCTRAIN, "pack", "isbi", "--volume", ROOT / "data/isbi2012/train-volume.tif", "--labels",
-                        ROOT / "data/isbi2012/train-labels.tif", "-o", data], check=True, capture_output=True)
+        data = pack_isbi(tmp)
         job = Path(tmp) / "job.toml"
         job.write_text(f'name = "startup"\n[data]\npath = "{data}"\nsplit = "fold0"\ntile = 256\n'
                        '[model]\nname = "unet"\ndepth = 4\nfilters = 16\n'

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-HPCTRAIN = str(Path(sys.executable).parent / "hpctrain")
+from common import HPCTRAIN, pack_isbi
+
 WARMUP = 5
 
 
@@ -86,9 +86,7 @@ def plain_fit(filters, tile, batch, steps):
 
 
 def hpctrain_fit(filters, tile, batch, steps, tmp):
-    data = Path(tmp) / "isbi.h5"
-    subprocess.run([HPCTRAIN, "pack", "isbi", "--volume", ROOT / "data/isbi2012/train-volume.tif", "--labels",
-                    ROOT / "data/isbi2012/train-labels.tif", "-o", data], check=True, capture_output=True)
+    data = pack_isbi(tmp)
     job = Path(tmp) / "job.toml"
     job.write_text(f'name = "efficiency"\n[data]\npath = "{data}"\nsplit = "all"\ntile = {tile}\n'
                    '[data.augment]\nenabled = true\n'

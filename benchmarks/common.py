@@ -1,0 +1,21 @@
+"""What the benchmarks share: where things are, and the real data packed into a scratch folder."""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+HPCTRAIN = str(Path(sys.executable).parent / "hpctrain")
+
+
+def pack_isbi(folder):
+    from hpctrain.data import isbi
+
+    return isbi.pack(Path(folder) / "isbi.h5", volume=ROOT / "data/isbi2012/train-volume.tif",
+                     labels=ROOT / "data/isbi2012/train-labels.tif")
+
+
+def pack_mnist(folder):
+    from hpctrain.data import mnist
+
+    return mnist.pack(Path(folder) / "mnist.h5", images=ROOT / "data/mnist/t10k-images-idx3-ubyte.gz",
+                      labels=ROOT / "data/mnist/t10k-labels-idx1-ubyte.gz")
