@@ -9,6 +9,7 @@ from pathlib import Path
 from hpctrain.errors import UserError
 
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
+_pending = set()  # temporary files of outputs being written
 
 
 def check_new_output(path, force=False):
@@ -35,6 +36,7 @@ def atomic_output(path, force=True):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    _pending.add(tmp)
     try:
         try:
             yield tmp
@@ -46,6 +48,14 @@ def atomic_output(path, force=True):
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        _pending.discard(tmp)
+
+
+def discard_pending():
+    """Removes the temporary files of all outputs still being written (for a process about to die)."""
+    for tmp in list(_pending):
+        with contextlib.suppress(OSError):
             tmp.unlink()
 
 

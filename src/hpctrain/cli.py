@@ -3,10 +3,12 @@
 Library modules are imported inside each command so that `hpctrain --help` starts instantly.
 """
 import argparse
+import functools
+import os
 import signal
 import sys
 
-from hpctrain import __version__
+from hpctrain import __version__, atomic
 from hpctrain.errors import TrainingFailed, UserError
 
 
@@ -285,18 +287,20 @@ def build_parser():
     return parser
 
 
-def _terminated(signum, frame):
-    raise SystemExit(128 + signum)  # unwinds, so temporary outputs are removed
+def _terminated(command, signum, frame):
+    """Ends the process at once, leaving no partial output. An exception raised here could be swallowed
+    by the native code it lands in (h5py ignores exceptions in deallocators), so none is raised."""
+    atomic.discard_pending()
+    print(f"hpctrain {command}: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminated)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, functools.partial(_terminated, args.command))
     try:
         return args.func(args) or 0
     except UserError as e:
         print(f"hpctrain {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"hpctrain {args.command}: interrupted", file=sys.stderr)
-        return 130
