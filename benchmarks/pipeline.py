@@ -6,8 +6,9 @@
       one generator for images and one for masks with the same seed and the same augmentation
 
 and the ratios against the goals (2, no augmentation) >= 0.8 x (1) and (2, augmentation) >= 10 x (3).
-Also shown: (1) plus the conversion to the float32 batches the pipeline delivers, and the CPU time per
-sample of each case (the pipeline uses every core, the other cases one).
+Also shown: (1) plus stacking into the [B, H, W, 1] uint8 batches the pipeline delivers (the models
+scale pixels themselves), and the CPU time per sample of each case (the pipeline uses every core, the
+other cases one).
 
     .venv/bin/python benchmarks/pipeline.py [--seconds 6] [--batch 8]
 """
@@ -39,15 +40,14 @@ def measure(batches, batch_size, seconds):
     return count / (time.perf_counter() - started), (time.process_time() - cpu) / count * 1000
 
 
-def raw_reads(path, batch_size, to_float=False):
+def raw_reads(path, batch_size, stacked=False):
     with h5py.File(path, "r") as f:
         images, masks = f["images"], f["masks"]
         order = np.random.default_rng(0).permutation(np.resize(np.arange(len(images)), 10**6))
         for start in range(0, len(order), batch_size):
             batch = [(images[i], masks[i]) for i in order[start:start + batch_size]]
-            if to_float:  # what the pipeline delivers: float32 batches, x in [0, 1]
-                batch = (np.stack([x for x, _ in batch]).astype(np.float32)[..., None] * np.float32(1 / 255),
-                         np.stack([y for _, y in batch]).astype(np.float32)[..., None])
+            if stacked:  # what the pipeline delivers
+                batch = np.stack([x for x, _ in batch])[..., None], np.stack([y for _, y in batch])[..., None]
             yield batch
 
 
@@ -92,7 +92,7 @@ def main():
         print(f"ISBI 2012, 30 samples of 512 x 512 uint8 image + mask, batch {args.batch}, "
               f"{args.seconds:g} s per case", flush=True)
         case("(1) raw h5py reads (shuffled)", raw_reads(path, args.batch))
-        case("    raw h5py reads + float32 batches in numpy", raw_reads(path, args.batch, to_float=True))
+        case("    raw h5py reads stacked into batches", raw_reads(path, args.batch, stacked=True))
         case("(2) hpctrain, in memory, no augmentation", hpctrain_batches(path, args.batch, None, True))
         case("(2) hpctrain, streamed, no augmentation", hpctrain_batches(path, args.batch, None, False))
         case("(2) hpctrain, in memory, augmentation", hpctrain_batches(path, args.batch, RECIPE, True))

@@ -69,8 +69,8 @@ def plain_fit(filters, tile, batch, steps):
     model = build_unet((tile, tile, 1), 5, filters, "sigmoid", 0.5)
     model.compile(keras.optimizers.Adam(1e-4), "binary_crossentropy")
     rng = np.random.default_rng(0)
-    x = rng.random((batch * 4, tile, tile, 1), dtype=np.float32)
-    y = (rng.random((batch * 4, tile, tile, 1)) > 0.5).astype(np.float32)
+    x = rng.integers(0, 256, (batch * 4, tile, tile, 1), dtype=np.uint8)  # pixels, as hpctrain feeds them
+    y = rng.integers(0, 2, (batch * 4, tile, tile, 1), dtype=np.uint8)
     times = []
 
     class Timer(keras.callbacks.Callback):

@@ -43,14 +43,14 @@ def test_image_and_mask_stay_aligned(blobs_h5, elastic):
     plain_x, _ = epoch(blobs_h5, None)
     x, y = epoch(blobs_h5, strong, tile=96)
     assert x.shape == (8, 96, 96) and set(np.unique(y)) == {0, 1}
-    threshold = (x * 255 > 127.5).astype(np.float32)
+    threshold = (x > 127).astype(np.uint8)  # x is the interpolated value rounded
     near_edge = ndimage.binary_dilation(y, np.ones((1, 5, 5))) & ~ndimage.binary_erosion(y, np.ones((1, 5, 5)))
     wrong = threshold != y
     assert not (wrong & ~near_edge).any()  # disagreements only where interpolation blurs an edge
     assert wrong.mean() < 0.02
     shifted = np.roll(y, 3, axis=2)  # a mask 3 px off would be caught
     assert ((threshold != shifted) & ~near_edge).mean() > 0.01
-    assert not np.allclose(x, plain_x[:, :96, :96], atol=0.05)  # the transform did something
+    assert not np.allclose(x.astype(int), plain_x[:, :96, :96], atol=12)  # the transform did something
 
 
 def test_zero_ranges_change_nothing(blobs_h5):

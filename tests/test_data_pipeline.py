@@ -41,7 +41,7 @@ def batches(ds, n):
 def identify(x, images):
     """The sample index of each image of batch x (the 30 ISBI slices are all different)."""
     index = {image.tobytes(): i for i, image in enumerate(images)}
-    return [index[np.round(sample[..., 0] * 255).astype(np.uint8).tobytes()] for sample in x]
+    return [index[sample[..., 0].tobytes()] for sample in x]
 
 
 def test_dataset_info(isbi_h5, mnist_h5):
@@ -64,7 +64,7 @@ def test_sharding_for_world_sizes_1_to_4(isbi_h5, isbi_arrays):
             assert steps == 24 // size // 2
             got = batches(ds, 2 * steps)
             x, y = np.concatenate([b[0] for b in got]), np.concatenate([b[1] for b in got])
-            assert x.shape == (4 * steps, 512, 512, 1) and x.dtype == np.float32 and y.dtype == np.float32
+            assert x.shape == (4 * steps, 512, 512, 1) and x.dtype == np.uint8 and y.dtype == np.uint8
             ids = identify(x, images)
             assert np.array_equal(y[..., 0], masks[ids])  # each mask travels with its image
             orders[size].append((ids[:2 * steps], ids[2 * steps:]))  # epochs 0 and 1
@@ -131,8 +131,7 @@ def test_streaming_reads_what_memory_holds(small_h5, rgb16_h5, rgb16):
         got = list(pipeline.eval_dataset(path, "all", batch_size=6, subset="train", in_memory=in_memory)
                    .as_numpy_iterator())
         x, y = np.concatenate([b[0] for b in got]), np.concatenate([b[1] for b in got])
-        expected = images.astype(np.float32) * np.float32(1 / np.iinfo(images.dtype).max)
-        assert np.array_equal(x, expected if rgb16 else expected[..., None])
+        assert x.dtype == images.dtype and np.array_equal(x, images if rgb16 else images[..., None])
         assert np.array_equal(y[..., 0], masks)
 
 
@@ -153,7 +152,7 @@ def test_tiles_are_windows_of_their_sample(small_h5):
     ds, _ = pipeline.train_dataset(small_h5, "all", rank=0, size=1, batch_size=10, seed=3, tile=24)
     offsets = set()
     for x, y in batches(ds, 2):
-        for tile, mask in zip(np.round(x[..., 0] * 255).astype(np.uint8), y[..., 0]):
+        for tile, mask in zip(x[..., 0], y[..., 0]):
             i, r, c = np.argwhere((windows == tile).all(axis=(3, 4)))[0]
             assert np.array_equal(mask, masks[i, r:r + 24, c:c + 24])
             offsets.add((r, c))
@@ -165,7 +164,7 @@ def test_eval_dataset_is_ordered_and_whole(isbi_h5, isbi_arrays, mnist_h5):
     got = list(pipeline.eval_dataset(isbi_h5, "fold2", batch_size=4).as_numpy_iterator())
     assert [len(x) for x, _ in got] == [4, 2]
     x, y = np.concatenate([b[0] for b in got]), np.concatenate([b[1] for b in got])
-    assert np.array_equal(x[..., 0], images[12:18].astype(np.float32) * np.float32(1 / 255))
+    assert np.array_equal(x[..., 0], images[12:18])
     assert np.array_equal(y[..., 0], masks[12:18])
 
     with h5py.File(mnist_h5, "r") as f:
@@ -173,8 +172,8 @@ def test_eval_dataset_is_ordered_and_whole(isbi_h5, isbi_arrays, mnist_h5):
     got = list(pipeline.eval_dataset(mnist_h5, "holdout", batch_size=512).as_numpy_iterator())
     assert [len(x) for x, _ in got] == [512, 512, 512, 464]
     x, y = np.concatenate([b[0] for b in got]), np.concatenate([b[1] for b in got])
-    assert x.shape == (2000, 28, 28, 1) and y.dtype == np.int32
-    assert np.array_equal(x[..., 0], digits[val].astype(np.float32) * np.float32(1 / 255))
+    assert x.shape == (2000, 28, 28, 1) and x.dtype == y.dtype == np.uint8
+    assert np.array_equal(x[..., 0], digits[val])
     assert np.array_equal(y, labels[val])
 
 
@@ -184,7 +183,7 @@ def test_classification_batches(mnist_h5):
     ds, steps = pipeline.train_dataset(mnist_h5, "holdout", rank=0, size=1, batch_size=1000, seed=0)
     assert steps == 8
     y = np.concatenate([b[1] for b in batches(ds, steps)])
-    assert y.dtype == np.int32 and np.array_equal(np.bincount(y), np.bincount(labels[train]))
+    assert y.dtype == np.uint8 and np.array_equal(np.bincount(y), np.bincount(labels[train]))
 
 
 def test_requests_that_cannot_be_met(isbi_h5):

@@ -7,8 +7,8 @@ from PIL import Image
 from scipy import ndimage
 
 from hpctrain.errors import UserError
-from hpctrain.evaluate.predict import (predict_tiled, predict_volume, read_input_volume, write_class_csv,
-                                       write_isbi_tiff)
+from hpctrain.evaluate.predict import (as_pixel_type, predict_tiled, predict_volume, read_input_volume,
+                                       write_class_csv, write_isbi_tiff)
 from hpctrain.evaluate.tsne import plot_tsne
 
 RNG = np.random.default_rng(0)
@@ -109,6 +109,14 @@ def test_read_input_volume(tmp_path):
     np.testing.assert_array_equal(read_input_volume(tmp_path / "stack.tif"), stack)
     tifffile.imwrite(tmp_path / "slice.tif", stack[0, :, :].astype(np.uint8))
     assert read_input_volume(tmp_path / "slice.tif").shape == (1, 10, 12)
+
+
+def test_pixels_are_mapped_onto_the_type_the_model_takes():
+    wide = np.array([0, 257, 32896, 65535], np.uint16)
+    assert as_pixel_type(wide, "uint8").tolist() == [0, 1, 128, 255]
+    assert as_pixel_type(np.array([0, 1, 255], np.uint8), "uint16").tolist() == [0, 257, 65535]
+    same = np.arange(5, dtype=np.uint8)
+    assert as_pixel_type(same, "uint8") is same
 
 
 def test_read_isbi_volume(data_dir):

@@ -65,20 +65,27 @@ CROP_ONLY = AugmentConfig(rotation_range=0, width_shift_range=0, height_shift_ra
                           horizontal_flip=False, vertical_flip=False)
 
 
-def draws(seed, config, out_hw):
-    """Everything random about one sample, from its stateless seed (shape [2])."""
+def draws(seeds, config, out_hw):
+    """Everything random about each sample of a batch, from its stateless seed (seeds [B, 2])."""
     tf = compat.tf()
-    result = {"uniform": tf.random.stateless_uniform([_NUM_UNIFORMS], seed)}
+    grid = [_grid_points(n, config.elastic_sigma) for n in out_hw]
+    signature = {"uniform": tf.TensorSpec([_NUM_UNIFORMS], tf.float32)}
     if config.elastic:
-        grid = [_grid_points(n, config.elastic_sigma) for n in out_hw]
-        result["grid"] = tf.random.stateless_normal([*grid, 2], tf.random.experimental.stateless_fold_in(seed, 1))
-    return result
+        signature["grid"] = tf.TensorSpec([*grid, 2], tf.float32)
+
+    def one(seed):
+        result = {"uniform": tf.random.stateless_uniform([_NUM_UNIFORMS], seed)}
+        if config.elastic:
+            result["grid"] = tf.random.stateless_normal([*grid, 2], tf.random.experimental.stateless_fold_in(seed, 1))
+        return result
+
+    return tf.map_fn(one, seeds, fn_output_signature=signature)
 
 
 def transform(images, masks, draws, config, out_hw):
     """Applies each sample's transform to a batch: images [B, H, W, C] (bilinear), masks [B, H, W, 1] or
-    None (nearest), of any numeric type; returns both as float32 of the same scale at out_hw (a crop when
-    smaller than H, W)."""
+    None (nearest), of any numeric type; returns both in their own type (integer images rounded) at
+    out_hw (a crop when smaller than H, W)."""
     tf = compat.tf()
     matrices = affine_matrices(draws["uniform"], config, tf.shape(images)[1:3], out_hw)
     displacement = None
@@ -178,9 +185,16 @@ def _resampler(out_hw, fill_mode):
 
         v00, v01, v10, v11 = at(images, 0, 0), at(images, 0, 1), at(images, 1, 0), at(images, 1, 1)
         top, bottom = v00 + (v01 - v00) * wx, v10 + (v11 - v10) * wx
-        images = top + (bottom - top) * wy
+        images = _cast(top + (bottom - top) * wy, images.dtype)
         if masks is None:
             return images, None
-        return images, at(masks, tf.cast(wy[..., 0] >= 0.5, tf.int32), tf.cast(wx[..., 0] >= 0.5, tf.int32))
+        nearest = at(masks, tf.cast(wy[..., 0] >= 0.5, tf.int32), tf.cast(wx[..., 0] >= 0.5, tf.int32))
+        return images, _cast(nearest, masks.dtype)
 
     return resample
+
+
+def _cast(values, dtype):
+    """float32 values back to the input's type, rounded to the nearest integer for integer types."""
+    tf = compat.tf()
+    return tf.cast(tf.round(values) if dtype.is_integer else values, dtype)

@@ -2,7 +2,7 @@
 
 Training order: epoch e is a permutation of the split's indices from the stateless seed [seed, e], the
 same on every rank; rank r takes perm[r::size], cut so that every rank yields exactly steps_per_epoch
-batches. Augmentation and tile crops use a per-sample seed derived from (seed, e, sample index). So the
+batches. The pipeline handles whole batches of indices from the start (no per-sample steps). Augmentation and tile crops use a per-sample seed derived from (seed, e, sample index). So the
 batches depend only on (seed, epoch, step, rank, size), and resuming at (epoch, step) skips indices
 without reading any data.
 
@@ -11,7 +11,9 @@ sample straight from its HDF5 chunk (one uncompressed chunk per sample) through 
 opened in the process that reads: no h5py handle and no Python run while batches are made, so forked
 workers, parallel reads and interpreter exit are all safe (a Python reader inside tf.data, e.g.
 tf.numpy_function, can hang the process at exit).
-Batches: x float32 [B, h, w, C] in [0, 1]; y float32 [B, h, w, 1] class ids (segmentation) or int32 [B].
+Batches hold the stored types: x [B, h, w, C] integer pixels (e.g. uint8); y [B, h, w, 1] uint8 class
+ids (segmentation) or [B] uint8 class ids. The models scale pixels to [0, 1] in their first layer, so
+the pipeline does no arithmetic and a batch crosses to the device at a quarter of its float32 size.
 """
 import functools
 import sys
@@ -68,27 +70,26 @@ def train_dataset(path, split, *, rank, size, batch_size, seed, tile=None, augme
 
     def epoch(e):
         perm = tf.random.experimental.stateless_shuffle(split_indices, tf.stack([seed, e]))
-        mine = perm[rank::size][:per_epoch]
-        return tf.data.Dataset.from_tensor_slices({"index": mine, "epoch": tf.fill([per_epoch], e)})
+        mine = tf.reshape(perm[rank::size][:per_epoch], [steps, batch_size])
+        return tf.data.Dataset.from_tensor_slices({"index": mine, "epoch": tf.fill([steps], e)})
 
-    def with_draws(element):
-        sample_seed = tf.random.experimental.stateless_fold_in(tf.stack([seed, element["epoch"]]), element["index"])
-        return {"index": element["index"], "draws": augmentation.draws(sample_seed, config, out_hw)}
+    def with_draws(batch):
+        epoch_seed = tf.stack([seed, batch["epoch"]])
+        sample_seeds = tf.map_fn(lambda i: tf.random.experimental.stateless_fold_in(epoch_seed, i), batch["index"],
+                                 fn_output_signature=tf.TensorSpec([2], tf.int64))
+        return {"index": batch["index"], "draws": augmentation.draws(sample_seeds, config, out_hw)}
 
     def prepared(batch):
+        x, y = _model_inputs(batch, info["kind"])
         if not config:
-            return _converted(batch, info["kind"])
-        images, targets = _with_channels(batch["image"]), batch["target"]
+            return x, y
         segmentation = info["kind"] == "segmentation"
-        x, masks = augmentation.transform(images, targets[..., None] if segmentation else None, batch["draws"],
-                                          config, out_hw)
-        return x * _scale(images.dtype), masks if segmentation else tf.cast(targets, tf.int32)
+        x, masks = augmentation.transform(x, y if segmentation else None, batch["draws"], config, out_hw)
+        return x, masks if segmentation else y
 
-    elements = (tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch)
-                .skip(start_step * batch_size))
-    elements = elements.map(with_draws) if config else elements.map(lambda e: {"index": e["index"]})
-    batches = source.batches(elements, batch_size, drop_remainder=True)
-    return _finish(batches.map(prepared, num_parallel_calls=tf.data.AUTOTUNE)), steps
+    indices = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch).skip(start_step)
+    indices = indices.map(with_draws) if config else indices.map(lambda b: {"index": b["index"]})
+    return _finish(source.read(indices).map(prepared, num_parallel_calls=tf.data.AUTOTUNE)), steps
 
 
 def eval_dataset(path, split, *, batch_size, subset="val", in_memory=None):
@@ -103,9 +104,9 @@ def eval_dataset(path, split, *, batch_size, subset="val", in_memory=None):
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, not {batch_size}")
     source = _source(path, in_memory)
-    elements = tf.data.Dataset.from_tensor_slices({"index": indices})
-    batches = source.batches(elements, batch_size, drop_remainder=False)
-    return _finish(batches.map(lambda b: _converted(b, info["kind"]), num_parallel_calls=tf.data.AUTOTUNE))
+    batches = tf.data.Dataset.from_tensor_slices({"index": indices}).batch(batch_size)
+    return _finish(source.read(batches).map(lambda b: _model_inputs(b, info["kind"]),
+                                            num_parallel_calls=tf.data.AUTOTUNE))
 
 
 # ---------------------------------------------------------------- helpers
@@ -127,23 +128,11 @@ def _info(ds):
     }
 
 
-def _converted(batch, kind):
-    """x float32 [B, H, W, C] in [0, 1]; y float32 [B, H, W, 1] class ids, or int32 [B]."""
-    tf = compat.tf()
-    images, targets = _with_channels(batch["image"]), batch["target"]
-    x = tf.cast(images, tf.float32) * _scale(images.dtype)
-    if kind == "segmentation":
-        return x, tf.cast(targets, tf.float32)[..., None]
-    return x, tf.cast(targets, tf.int32)
-
-
-def _with_channels(images):
-    return images[..., None] if images.shape.rank == 3 else images
-
-
-def _scale(dtype):
-    """What maps the integer pixel type onto [0, 1]."""
-    return 1 / np.iinfo(dtype.as_numpy_dtype).max
+def _model_inputs(batch, kind):
+    """x [B, H, W, C] pixels; y [B, H, W, 1] class ids (segmentation) or [B] class ids."""
+    images, targets = batch["image"], batch["target"]
+    x = images[..., None] if images.shape.rank == 3 else images
+    return x, targets[..., None] if kind == "segmentation" else targets
 
 
 def _finish(batches):
@@ -177,14 +166,15 @@ class _MemorySource:
         with schema.open_dataset(path) as ds, tf.device("/CPU:0"):  # host memory, also on GPU machines
             self.images, self.targets = tf.constant(ds.images[()]), tf.constant(ds.targets[()])
 
-    def batches(self, elements, batch_size, drop_remainder):
+    def read(self, batches):
+        """Adds "image" and "target" to each batch of "index"."""
         tf = compat.tf()
 
         def read(batch):
             return {**batch, "image": tf.gather(self.images, batch["index"]),
                     "target": tf.gather(self.targets, batch["index"])}
 
-        return elements.batch(batch_size, drop_remainder).map(read, num_parallel_calls=tf.data.AUTOTUNE)
+        return batches.map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 class _MappedSource:
@@ -205,23 +195,28 @@ class _MappedSource:
         self.masks = _SampleTable(ds, ds.targets) if segmentation else None
         self.labels = None if segmentation else tf.constant(ds.targets[()])  # small: N bytes
 
-    def batches(self, elements, batch_size, drop_remainder):
+    def read(self, batches):
+        """Adds "image" and "target" to each batch of "index"."""
         tf = compat.tf()
 
-        def read(element):
-            i = element["index"]
-            target = self._slice(self.masks, i) if self.masks is not None else tf.gather(self.labels, i)
-            return {**element, "image": self._slice(self.images, i), "target": target}
+        def read(batch):
+            i = batch["index"]
+            target = self._slices(self.masks, i) if self.masks is not None else tf.gather(self.labels, i)
+            return {**batch, "image": self._slices(self.images, i), "target": target}
 
-        samples = elements.map(read, num_parallel_calls=tf.data.AUTOTUNE)
-        return samples.batch(batch_size, drop_remainder)
+        return batches.map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
-    def _slice(self, table, i):
+    def _slices(self, table, indices):
         tf = compat.tf()
-        data = tf.slice(self.file, tf.gather(table.offsets, i)[None], [table.nbytes])
-        if table.dtype != tf.uint8:
-            data = tf.bitcast(tf.reshape(data, [-1, table.dtype.size]), table.dtype)
-        return tf.reshape(data, table.sample_shape)
+
+        def one(offset):
+            data = tf.slice(self.file, offset[None], [table.nbytes])
+            if table.dtype != tf.uint8:
+                data = tf.bitcast(tf.reshape(data, [-1, table.dtype.size]), table.dtype)
+            return tf.reshape(data, table.sample_shape)
+
+        return tf.map_fn(one, tf.gather(table.offsets, indices),
+                         fn_output_signature=tf.TensorSpec(table.sample_shape, table.dtype))
 
 
 class _SampleTable:

@@ -1,6 +1,6 @@
 """Prediction on images of any size by overlapping tiles, and the files predictions are written to.
 
-`predict_fn(batch (B,tile,tile,C) float32) -> (B,tile,tile)` probabilities is any callable, e.g. a Keras
+`predict_fn(batch (B,tile,tile,C) of pixels) -> (B,tile,tile)` probabilities is any callable, e.g. a Keras
 model's `predict_on_batch` followed by taking the class-1 channel.
 """
 import csv
@@ -22,7 +22,7 @@ def predict_tiled(predict_fn, image, tile, overlap=None, batch_size=8):
     so the less reliable tile borders hardly count where tiles overlap and seams vanish. An image of
     exactly one tile returns the untiled output bit for bit.
     """
-    image = np.asarray(image, dtype=np.float32)
+    image = np.asarray(image)
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or not image.size:
@@ -54,8 +54,7 @@ def predict_tiled(predict_fn, image, tile, overlap=None, batch_size=8):
 
 
 def predict_volume(predict_fn, volume, tile, overlap=None, batch_size=8):
-    """`predict_tiled` on every slice of a stack (N,H,W) or (N,H,W,C); returns (N,H,W) float32.
-    The caller applies the model's input normalisation first."""
+    """`predict_tiled` on every slice of a stack (N,H,W) or (N,H,W,C); returns (N,H,W) float32."""
     volume = np.asarray(volume)
     if volume.ndim not in (3, 4) or not len(volume):
         raise UserError(f"expected a stack (N,H,W) or (N,H,W,C), got shape {volume.shape}")
@@ -113,6 +112,14 @@ def read_input_volume(path):
     if volume.dtype not in (np.uint8, np.uint16):
         raise UserError(f"{path} has pixel type {volume.dtype}; expected 8- or 16-bit unsigned grey levels")
     return volume
+
+
+def as_pixel_type(volume, dtype):
+    """Integer pixels in the type a model takes, the full range of one type mapped onto the other's."""
+    if volume.dtype == dtype:
+        return volume
+    scale = np.iinfo(dtype).max / np.iinfo(volume.dtype).max
+    return np.round(volume * scale).astype(dtype)
 
 
 def _starts(length, tile, overlap):

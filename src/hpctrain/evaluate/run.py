@@ -19,15 +19,15 @@ def load_model(run_or_checkpoint):
         arch = json.loads((run_dir / "model.json").read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{run_dir}: cannot read model.json: {e}") from None
-    model = models.build(spec.model, tuple(arch["input_shape"]), arch["num_classes"])
+    model = models.build(spec.model, tuple(arch["input_shape"]), arch["num_classes"], arch["input_dtype"])
     checkpoint.restore(compat.tf().train.Checkpoint(model=model), prefix, partial=True)
     return spec, model
 
 
 def probability_fn(model):
-    """batch (B,h,w,C) -> (B,h,w) P(class 1) for sigmoid or 2-class softmax U-Nets."""
+    """batch (B,h,w,C) of pixels -> (B,h,w) P(class 1) for sigmoid or 2-class softmax U-Nets."""
     def predict(batch):
-        out = model.predict_on_batch(np.asarray(batch, np.float32))
+        out = model.predict_on_batch(np.asarray(batch))
         return out[..., 0] if out.shape[-1] == 1 else out[..., 1]
     return predict
 
@@ -41,7 +41,7 @@ def inference_tile(spec, height, width):
 
 
 def segment(spec, model, images):
-    """(N,H,W[,C]) images in [0,1] -> (N,H,W) probabilities of class 1."""
+    """(N,H,W[,C]) pixels -> (N,H,W) probabilities of class 1."""
     from hpctrain.evaluate.predict import predict_volume
 
     tile = inference_tile(spec, *images.shape[1:3])
@@ -84,12 +84,11 @@ def predict(run_or_checkpoint, input_path, out, force=False):
 
     check_new_output(out, force)
     spec, model = load_model(run_or_checkpoint)
-    volume = pred.read_input_volume(input_path)
-    scaled = volume.astype(np.float32) / (65535.0 if volume.dtype == np.uint16 else 255.0)
+    pixels = pred.as_pixel_type(pred.read_input_volume(input_path), model.inputs[0].dtype.name)[..., None]
     if spec.model.name == "unet":
-        pred.write_isbi_tiff(out, segment(spec, model, scaled[..., None]))
+        pred.write_isbi_tiff(out, segment(spec, model, pixels))
     else:
-        probs = model.predict(scaled[..., None], batch_size=256, verbose=0)
+        probs = model.predict(pixels, batch_size=256, verbose=0)
         pred.write_class_csv(out, probs, [str(i) for i in range(probs.shape[1])])
     return out
 

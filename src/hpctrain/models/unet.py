@@ -5,9 +5,10 @@ up, concatenated with the skip connection; dropout 0.5 at the bottom two levels;
 Depth 5 with 64 base filters (64..1024) has 31.0 M parameters.
 """
 from hpctrain import compat
+from hpctrain.models.pixels import pixel_input
 
 
-def build_unet(input_shape=(256, 256, 1), depth=5, filters=64, output="sigmoid", dropout=0.5):
+def build_unet(input_shape=(256, 256, 1), depth=5, filters=64, output="sigmoid", dropout=0.5, input_dtype="uint8"):
     layers = compat.keras().layers
 
     def conv_block(x, n):
@@ -15,8 +16,8 @@ def build_unet(input_shape=(256, 256, 1), depth=5, filters=64, output="sigmoid",
             x = layers.Conv2D(n, 3, activation="relu", padding="same", kernel_initializer="he_normal")(x)
         return x
 
-    inputs = layers.Input(input_shape)
-    x, skips = inputs, []
+    inputs, x = pixel_input(input_shape, input_dtype)
+    skips = []
     for level in range(depth):
         x = conv_block(x, filters * 2 ** level)
         if level >= depth - 2 and dropout:

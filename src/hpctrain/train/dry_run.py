@@ -3,13 +3,13 @@ from hpctrain import models, spec as spec_mod
 
 
 def describe(job):
-    channels, classes = 1, 10
+    channels, classes, dtype = 1, 10, "uint8"
     if job.data.path.is_file():
         from hpctrain.data.pipeline import dataset_info
 
         info = dataset_info(job.data.path)
-        channels, classes = info["channels"], info["num_classes"]
+        channels, classes, dtype = info["channels"], info["num_classes"], info["dtype"]
     side = job.data.tile or (256 if job.model.name == "unet" else 28)
-    model = models.build(job.model, (side, side, channels), classes)
+    model = models.build(job.model, (side, side, channels), classes, dtype)
     return (f"{spec_mod.to_toml(job)}\n# model {model.name}: {model.count_params():,} parameters "
             f"(input {side}x{side}x{channels})")

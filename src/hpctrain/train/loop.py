@@ -144,9 +144,9 @@ def _train(spec, backend, resume, force):
             info["channels"],)
         if spec.model.name == "unet":
             shape = (None, None, info["channels"])  # fully convolutional: tiles train, whole slices validate
-        model = models.build(spec.model, shape, info["num_classes"])
+        model = models.build(spec.model, shape, info["num_classes"], info["dtype"])
         if backend.is_chief:  # what inference needs to rebuild the model
-            write_text(run_dir / "model.json", json.dumps({"input_shape": list(shape),
+            write_text(run_dir / "model.json", json.dumps({"input_shape": list(shape), "input_dtype": info["dtype"],
                                                            "num_classes": info["num_classes"],
                                                            "class_names": info["class_names"]}))
         optimizer = backend.wrap_optimizer(make_optimizer(spec.train.optimizer, lr))
