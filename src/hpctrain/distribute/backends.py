@@ -32,7 +32,7 @@ def _set_cpu_threads(local_rank, local_size, workers_in_process=1):
         if len(mine) < share:
             raise UserError(f"HPCTRAIN_CORES_PER_WORKER={per_worker}: local worker {local_rank} needs cores "
                             f"{local_rank * share}..{(local_rank + 1) * share - 1}, only {len(cores)} are available")
-        os.sched_setaffinity(0, mine)
+        _pin(mine)
         threads = share
     else:
         threads = max(1, len(cores) // max(local_size, 1))
@@ -41,6 +41,13 @@ def _set_cpu_threads(local_rank, local_size, workers_in_process=1):
     tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     return threads
+
+
+def _pin(cores):
+    """Pins every thread of this process to `cores` (threads started later inherit it)."""
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+            os.sched_setaffinity(int(tid), cores)
 
 
 def _gpu_memory_growth(gpus):
@@ -125,16 +132,16 @@ class HorovodBackend(Backend):
         # 65 % efficiency by default, 97 % with yield_when_idle); a 10 ms cycle fuses more tensors.
         os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
         os.environ.setdefault("HOROVOD_CYCLE_TIME", "10")
-        self.hvd = compat.horovod_keras()
-        self.hvd.init()
         tf = compat.tf()
         gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:  # before hvd.init(): Horovod's and MPI's threads then share this worker's cores
+            _set_cpu_threads(self.cluster.local_rank, self.cluster.local_size)
+        self.hvd = compat.horovod_keras()
+        self.hvd.init()
         if len(gpus) > 1:  # one GPU per process by local rank; with --gpus-per-task Slurm already narrowed it
             gpus = [gpus[self.hvd.local_rank() % len(gpus)]]
             tf.config.set_visible_devices(gpus, "GPU")
         _gpu_memory_growth(gpus)
-        if not gpus:
-            _set_cpu_threads(self.hvd.local_rank(), self.hvd.local_size())
 
     rank = property(lambda self: self.hvd.rank())
     size = property(lambda self: self.hvd.size())
