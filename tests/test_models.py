@@ -21,3 +21,16 @@ def test_models_scale_integer_pixels_to_the_unit_range(name, shape, dtype):
     got = scaled.predict_on_batch(batch)[:, 0, 0, 0]
     np.testing.assert_allclose(got, pixels / top, rtol=1e-6)
     assert model.predict_on_batch(batch).shape[0] == 3
+
+
+def test_unet_upsampling_is_nearest_and_compiles_with_xla():
+    from hpctrain.models.unet import Upsample2x
+
+    keras, tf = compat.keras(), compat.tf()
+    x = np.random.default_rng(0).normal(size=(2, 5, 7, 3)).astype(np.float32)
+    np.testing.assert_array_equal(Upsample2x()(x).numpy(), keras.layers.UpSampling2D(2)(x).numpy())
+    model = build(ModelSpec(name="unet", depth=3, filters=4), (None, None, 1), 2)
+    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy", jit_compile=True)  # gradient under XLA
+    pixels = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 1), dtype=np.uint8)
+    history = model.fit(pixels, (pixels > 127).astype(np.uint8), batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])

@@ -1,11 +1,25 @@
 """The U-Net of the ISBI 2012 membrane segmentation lecture code (Ronneberger et al. 2015, same padding).
 
-Per level two 3x3 convolutions (ReLU, he_normal); 2x2 max-pooling down; UpSampling2D + 2x2 convolution
-up, concatenated with the skip connection; dropout 0.5 at the bottom two levels; a 1x1 output layer.
+Per level two 3x3 convolutions (ReLU, he_normal); 2x2 max-pooling down; nearest 2x upsampling + 2x2
+convolution up, concatenated with the skip connection; dropout 0.5 at the bottom two levels; a 1x1 output layer.
 Depth 5 with 64 base filters (64..1024) has 31.0 M parameters.
 """
 from hpctrain import compat
 from hpctrain.models.pixels import pixel_input
+
+keras = compat.keras()
+
+
+class Upsample2x(keras.layers.Layer):
+    """UpSampling2D(2) (nearest) as a broadcast and a reshape: the same values, and XLA can compile its
+    gradient (it has no kernel for ResizeNearestNeighborGrad, so `train.xla` failed with UpSampling2D)."""
+
+    def call(self, x):
+        tf = compat.tf()
+        b, h, w = tf.unstack(tf.shape(x)[:3])
+        c = x.shape[-1]
+        x = tf.broadcast_to(x[:, :, None, :, None, :], [b, h, 2, w, 2, c])
+        return tf.reshape(x, [b, 2 * h, 2 * w, c])
 
 
 def build_unet(input_shape=(256, 256, 1), depth=5, filters=64, output="sigmoid", dropout=0.5, input_dtype="uint8"):
@@ -27,8 +41,7 @@ def build_unet(input_shape=(256, 256, 1), depth=5, filters=64, output="sigmoid",
             x = layers.MaxPooling2D(2)(x)
     for level in reversed(range(depth - 1)):
         n = filters * 2 ** level
-        x = layers.Conv2D(n, 2, activation="relu", padding="same", kernel_initializer="he_normal")(
-            layers.UpSampling2D(2)(x))
+        x = layers.Conv2D(n, 2, activation="relu", padding="same", kernel_initializer="he_normal")(Upsample2x()(x))
         x = conv_block(layers.Concatenate()([skips[level], x]), n)
     classes, activation = (1, "sigmoid") if output == "sigmoid" else (2, "softmax")
     # float32 output keeps the loss numerically safe under mixed precision.
