@@ -4,7 +4,7 @@ batch, for every backend, U-Net and MNIST CNN. Prints samples/s and efficiency =
     .venv/bin/python benchmarks/scaling_cpu.py [--steps 40] [--repeats 3] [--models unet,cnn]
 
 Each worker is pinned to its own core (HPCTRAIN_CORES_PER_WORKER=1), with one TensorFlow thread. The
-Horovod rows show hpctrain's defaults (Open MPI yield_when_idle=1, HOROVOD_CYCLE_TIME=10) beside plain
+Horovod rows show hpctrain's defaults (Open MPI yield_when_idle=1, HOROVOD_CYCLE_TIME=2) beside plain
 Open MPI/Horovod defaults (yield_when_idle=0, cycle time 1 ms). "side by side" is two independent
 1-worker runs at once, one per core, that never communicate: the most two workers can get from this
 machine (shared caches, memory bandwidth, the host under the VM), so each efficiency is also shown

@@ -129,9 +129,10 @@ class HorovodBackend(Backend):
 
     def setup(self):
         # Measured here: Open MPI's busy polling steals the core TensorFlow needs (2 workers on 2 cores:
-        # 65 % efficiency by default, 97 % with yield_when_idle); a 10 ms cycle fuses more tensors.
+        # 65 % efficiency by default, 97 % with yield_when_idle). A 2 ms cycle beat 1, 5 and 10 ms here
+        # (benchmarks/scaling_cpu.py models, runs in turn): it fuses tensors without delaying each step.
         os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
-        os.environ.setdefault("HOROVOD_CYCLE_TIME", "10")
+        os.environ.setdefault("HOROVOD_CYCLE_TIME", "2")
         tf = compat.tf()
         gpus = tf.config.list_physical_devices("GPU")
         if not gpus:  # before hvd.init(): Horovod's and MPI's threads then share this worker's cores
