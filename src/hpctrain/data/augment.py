@@ -9,7 +9,7 @@ affine matrix. The optional elastic deformation follows the U-Net paper: random 
 One XLA-compiled resampler applies both in a single pass: bilinear for images, nearest for masks, at
 the same coordinates (twice as fast as ImageProjectiveTransformV3 for an image and its mask on CPU).
 
-Everything random comes from `draws(seed)` with a per-sample stateless seed, so a sample's transform
+Everything random comes from `draws` with a per-sample stateless seed, so a sample's transform
 depends only on (seed, epoch, sample index): deterministic, resumable, independent of the world size.
 """
 import dataclasses
@@ -65,21 +65,23 @@ CROP_ONLY = AugmentConfig(rotation_range=0, width_shift_range=0, height_shift_ra
                           horizontal_flip=False, vertical_flip=False)
 
 
-def draws(seeds, config, out_hw):
-    """Everything random about each sample of a batch, from its stateless seed (seeds [B, 2])."""
+def draws(epoch_seed, indices, config, out_hw):
+    """Everything random about each sample of a batch: from its stateless seed, the epoch's seed [2]
+    folded with the sample's index (indices [B])."""
     tf = compat.tf()
     grid = [_grid_points(n, config.elastic_sigma) for n in out_hw]
     signature = {"uniform": tf.TensorSpec([_NUM_UNIFORMS], tf.float32)}
     if config.elastic:
         signature["grid"] = tf.TensorSpec([*grid, 2], tf.float32)
 
-    def one(seed):
+    def one(index):
+        seed = tf.random.experimental.stateless_fold_in(epoch_seed, index)
         result = {"uniform": tf.random.stateless_uniform([_NUM_UNIFORMS], seed)}
         if config.elastic:
             result["grid"] = tf.random.stateless_normal([*grid, 2], tf.random.experimental.stateless_fold_in(seed, 1))
         return result
 
-    return tf.map_fn(one, seeds, fn_output_signature=signature)
+    return tf.map_fn(one, indices, fn_output_signature=signature)
 
 
 def transform(images, masks, draws, config, out_hw):

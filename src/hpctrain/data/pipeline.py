@@ -2,9 +2,10 @@
 
 Training order: epoch e is a permutation of the split's indices from the stateless seed [seed, e], the
 same on every rank; rank r takes perm[r::size], cut so that every rank yields exactly steps_per_epoch
-batches. The pipeline handles whole batches of indices from the start (no per-sample steps). Augmentation and tile crops use a per-sample seed derived from (seed, e, sample index). So the
-batches depend only on (seed, epoch, step, rank, size), and resuming at (epoch, step) skips indices
-without reading any data.
+batches; the pipeline handles whole batches of indices from the start (no per-sample steps).
+Augmentation and tile crops use a per-sample seed derived from (seed, e, sample index). So the batches
+depend only on (seed, epoch, step, rank, size), and resuming at (epoch, step) skips indices without
+reading any data.
 
 Reading: files below IN_MEMORY_LIMIT are read once into memory (per process). Larger ones stream each
 sample straight from its HDF5 chunk (one uncompressed chunk per sample) through a memory map of the file,
@@ -74,10 +75,8 @@ def train_dataset(path, split, *, rank, size, batch_size, seed, tile=None, augme
         return tf.data.Dataset.from_tensor_slices({"index": mine, "epoch": tf.fill([steps], e)})
 
     def with_draws(batch):
-        epoch_seed = tf.stack([seed, batch["epoch"]])
-        sample_seeds = tf.map_fn(lambda i: tf.random.experimental.stateless_fold_in(epoch_seed, i), batch["index"],
-                                 fn_output_signature=tf.TensorSpec([2], tf.int64))
-        return {"index": batch["index"], "draws": augmentation.draws(sample_seeds, config, out_hw)}
+        draws = augmentation.draws(tf.stack([seed, batch["epoch"]]), batch["index"], config, out_hw)
+        return {"index": batch["index"], "draws": draws}
 
     def prepared(batch):
         x, y = _model_inputs(batch, info["kind"])

@@ -1,7 +1,8 @@
 """The U-Net of the ISBI 2012 membrane segmentation lecture code (Ronneberger et al. 2015, same padding).
 
 Per level two 3x3 convolutions (ReLU, he_normal); 2x2 max-pooling down; nearest 2x upsampling + 2x2
-convolution up, concatenated with the skip connection; dropout 0.5 at the bottom two levels; a 1x1 output layer.
+convolution up, concatenated with the skip connection; dropout 0.5 at the bottom two levels; a 1x1
+output layer.
 Depth 5 with 64 base filters (64..1024) has 31.0 M parameters.
 """
 from hpctrain import compat
@@ -23,7 +24,7 @@ class Upsample2x(keras.layers.Layer):
 
 
 def build_unet(input_shape=(256, 256, 1), depth=5, filters=64, output="sigmoid", dropout=0.5, input_dtype="uint8"):
-    layers = compat.keras().layers
+    layers = keras.layers
 
     def conv_block(x, n):
         for _ in range(2):
@@ -46,4 +47,4 @@ def build_unet(input_shape=(256, 256, 1), depth=5, filters=64, output="sigmoid",
     classes, activation = (1, "sigmoid") if output == "sigmoid" else (2, "softmax")
     # float32 output keeps the loss numerically safe under mixed precision.
     outputs = layers.Conv2D(classes, 1, activation=activation, dtype="float32")(x)
-    return compat.keras().Model(inputs, outputs, name=f"unet_d{depth}_f{filters}")
+    return keras.Model(inputs, outputs, name=f"unet_d{depth}_f{filters}")
