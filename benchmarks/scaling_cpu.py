@@ -22,7 +22,7 @@ from pathlib import Path
 
 from common import pack_mnist
 
-from hpctrain.distribute import launch
+from hpctrain.launch import local as launch
 
 PLAIN_DEFAULTS = {"OMPI_MCA_mpi_yield_when_idle": "0", "HOROVOD_CYCLE_TIME": "1"}
 SIDE_BY_SIDE = "side by side (2 x 1 worker)"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from hpctrain.distribute.launch import free_ports
+from hpctrain.launch.local import free_ports
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "scontrol", "scancel", "squeue", "sinfo")

@@ -281,7 +281,7 @@ def test_dry_run_prints_commands_that_split_back_to_the_arguments(tmp_path, mnis
     ("mirrored", 4, 4, False, (1, 1, 4)),
 ])
 def test_layout_of_workers_on_nodes(backend, n, per, cpu, expected):
-    from hpctrain.slurm.submit import layout
+    from hpctrain.launch.slurm import layout
 
     lay = layout(backend, n, per, cpu)
     assert (lay.nodes, lay.tasks_per_node, lay.gpus_per_node) == expected

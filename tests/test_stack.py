@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_hpctrain
-from hpctrain.distribute import launch
+from hpctrain.launch import local as launch
 
 WORKER = Path(__file__).parent / "workers" / "stack_check.py"
 

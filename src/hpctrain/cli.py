@@ -55,7 +55,7 @@ def cmd_train(args):
 
 
 def cmd_launch(args):
-    from hpctrain.distribute import launch
+    from hpctrain.launch import local as launch
 
     job = _load_spec(args)
     launcher, processes, overrides = launch.plan(job.distribute.backend, args.n, args.launcher)
@@ -71,10 +71,10 @@ def cmd_launch(args):
 
 
 def cmd_evaluate(args):
-    from hpctrain.evaluate import metrics, run
+    from hpctrain.evaluate import run, table
 
     result = run.evaluate(args.model, args.data, args.split, args.subset, args.json)
-    print(metrics.format_table(result))
+    print(table.format_table(result))
 
 
 def cmd_predict(args):
@@ -103,8 +103,8 @@ def cmd_report(args):
 
 
 def cmd_submit(args):
-    from hpctrain import sweep
-    from hpctrain.slurm import submit
+    from hpctrain.launch import sweep
+    from hpctrain.launch import slurm as submit
 
     sweep = submit.plan(args.job, sweep.parse_counts(args.gpus, "--gpus"), backend=args.backend, nodes=args.nodes,
                         gpus_per_node=args.gpus_per_node, cpu=args.cpu, template=args.template, output=args.output,
@@ -117,7 +117,7 @@ def cmd_submit(args):
 
 
 def cmd_scaling(args):
-    from hpctrain import sweep
+    from hpctrain.launch import sweep
 
     overrides = list(args.set)
     path = sweep.run(args.job, sweep.parse_counts(args.workers), args.output, args.backend, args.launcher,

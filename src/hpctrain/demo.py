@@ -11,9 +11,9 @@ JOB = "jobs/unet_isbi_cpu.toml"
 
 
 def run(out="runs/demo", data_dir="data/isbi2012", workers=(1, 2), backend="horovod"):
-    from hpctrain import sweep
+    from hpctrain.launch import sweep
     from hpctrain.data import isbi
-    from hpctrain.evaluate import metrics, run as evaluation
+    from hpctrain.evaluate import run as evaluation, table
 
     out, data_dir = Path(out), Path(data_dir)
     if not Path(JOB).is_file() or not data_dir.is_dir():
@@ -34,7 +34,7 @@ def run(out="runs/demo", data_dir="data/isbi2012", workers=(1, 2), backend="horo
     for n in workers:
         run_dir = out / "scaling" / f"w{n}"
         scores[n] = evaluation.evaluate(run_dir, out=run_dir / "evaluation.json")
-        print(f"-- {n} worker{'s' * (n > 1)}: {run_dir}\n{metrics.format_table(scores[n])}", flush=True)
+        print(f"-- {n} worker{'s' * (n > 1)}: {run_dir}\n{table.format_table(scores[n])}", flush=True)
 
     prediction = out / "test-volume-prediction.tif"
     print(f"== 4. predict the ISBI test volume -> {prediction}", flush=True)

@@ -42,7 +42,7 @@ def inference_tile(spec, height, width):
 
 def segment(spec, model, images):
     """(N,H,W[,C]) pixels -> (N,H,W) probabilities of class 1."""
-    from hpctrain.evaluate.predict import predict_volume
+    from hpctrain.tasks.tiling import predict_volume
 
     tile = inference_tile(spec, *images.shape[1:3])
     if tile is None:
@@ -54,7 +54,7 @@ def segment(spec, model, images):
 def evaluate(run_or_checkpoint, data=None, split=None, subset="val", out=None):
     """Metrics dict of a trained model on a split of an HDF5 dataset; JSON written to `out` if given."""
     from hpctrain.data.pipeline import eval_dataset
-    from hpctrain.evaluate import metrics
+    from hpctrain.tasks import scores as metrics
 
     spec, model = load_model(run_or_checkpoint)
     data = data or spec.data.path
@@ -80,7 +80,7 @@ def predict(run_or_checkpoint, input_path, out, force=False):
     """U-Net: TIFF stack in, float32 TIFF of P(non-membrane) out (ISBI format). CNN: IDX/HDF5 images in,
     CSV of classes and probabilities out."""
     from hpctrain.atomic import check_new_output
-    from hpctrain.evaluate import predict as pred
+    from hpctrain.tasks import files as pred
 
     check_new_output(out, force)
     spec, model = load_model(run_or_checkpoint)

@@ -85,7 +85,7 @@ def scaled_learning_rate(base, replicas, rule):
 
 
 def compile_model(model, spec, optimizer, kind):
-    from hpctrain.evaluate.metrics import dice_metric
+    from hpctrain.tasks.segmentation import dice_metric
 
     keras = compat.keras()
     if kind == "segmentation":

@@ -1,4 +1,4 @@
-"""Scores for segmentation (U-Net on ISBI 2012) and classification (MNIST), and a terminal table of them.
+"""Scores for segmentation (U-Net on ISBI 2012) and classification (MNIST), in NumPy.
 
 Segmentation inputs: `prob` (N,H,W) = P(class 1) in [0,1] (a softmax caller passes channel 1) and `truth`
 (N,H,W) of class ids, 0 = membrane, 1 = cell interior. A pixel is predicted as cell when prob > threshold,
@@ -103,56 +103,6 @@ def classification_metrics(probs, labels, class_names=None):
     }
 
 
-def format_table(metrics):
-    """A fixed-width text table of a metrics dict: per-class values (dict entries, with their `<key>_mean`
-    in a mean row), then the other scalars, then the confusion matrix if there is one."""
-    per_class = {k: v for k, v in metrics.items() if isinstance(v, dict)}
-    means = {f"{k}_mean" for k in per_class}
-    lines = []
-    if per_class:
-        names = list(next(iter(per_class.values())))
-        width = max(len(n) for n in [*names, "class"]) + 2
-        cols = [max(len(k) + 2, 10) for k in per_class]
-        lines.append("class".ljust(width) + "".join(k.rjust(w) for k, w in zip(per_class, cols)))
-        for name in names:
-            lines.append(name.ljust(width) + "".join(_fmt(v.get(name)).rjust(w)
-                                                     for v, w in zip(per_class.values(), cols)))
-        if means & metrics.keys():
-            lines.append("mean".ljust(width) + "".join(_fmt(metrics.get(f"{k}_mean", "")).rjust(w)
-                                                       for k, w in zip(per_class, cols)))
-        lines.append("")
-    scalars = {k: v for k, v in metrics.items() if k not in means and isinstance(v, (int, float))}
-    width = max((len(k) for k in scalars), default=0) + 2
-    lines += [k.ljust(width) + _fmt(v) for k, v in scalars.items()]
-    if "confusion_matrix" in metrics:
-        cm = metrics["confusion_matrix"]
-        names = metrics.get("class_names") or [str(c) for c in range(len(cm))]
-        w = max(max(len(n) for n in names), max(len(str(x)) for row in cm for x in row)) + 2
-        lines += ["", "confusion matrix (rows: true, columns: predicted)",
-                  " " * w + "".join(n.rjust(w) for n in names)]
-        lines += [n.ljust(w) + "".join(str(x).rjust(w) for x in row) for n, row in zip(names, cm)]
-    return "\n".join(lines).strip("\n")
-
-
-def dice_metric(eps=NVIDIA_EPS):
-    """A tf_keras metric logged as `dice`: NVIDIA's 2-class soft Dice (see `soft_dice`) of sigmoid outputs,
-    one value per sample that Keras averages over the batches."""
-    from hpctrain import compat
-
-    tf = compat.tf()
-
-    def dice(y_true, y_pred):
-        n = tf.shape(y_pred)[0]
-        p = tf.reshape(tf.cast(y_pred, tf.float32), [n, -1])
-        t = tf.reshape(tf.cast(y_true, tf.float32), [n, -1])
-        pred, target = tf.stack([1 - p, p], -1), tf.stack([1 - t, t], -1)
-        inter = tf.reduce_sum(pred * target, axis=1)
-        union = tf.reduce_sum(pred * pred + target * target, axis=1)
-        return tf.reduce_mean((2 * inter + eps) / (union + eps), axis=-1)
-
-    return dice
-
-
 def _check_segmentation(prob, truth):
     prob, truth = np.asarray(prob), np.asarray(truth)
     if prob.ndim == 2:
@@ -164,9 +114,3 @@ def _check_segmentation(prob, truth):
     if not np.isin(truth, (0, 1)).all():
         raise UserError(f"truth must hold class ids 0 (membrane) and 1 (cell), found {np.unique(truth)[:5]}")
     return prob, truth.astype(np.uint8)
-
-
-def _fmt(value):
-    if value is None:
-        return "n/a"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)

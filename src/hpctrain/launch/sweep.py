@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from hpctrain import spec as spec_mod
-from hpctrain.distribute import launch
+from hpctrain.launch import local as launch
 from hpctrain.errors import UserError
 
 

@@ -56,7 +56,7 @@ def templates_dir(env=None):
     env = os.environ if env is None else env
     if env.get("HPCTRAIN_SLURM_DIR"):
         return Path(env["HPCTRAIN_SLURM_DIR"]).resolve()
-    return Path(__file__).resolve().parents[3] / "slurm"
+    return Path(__file__).resolve().parent / "templates"
 
 
 def find_template(name, directory):

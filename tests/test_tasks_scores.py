@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from hpctrain.errors import UserError
-from hpctrain.evaluate.metrics import (classification_metrics, dice_metric, format_table, rand_error,
-                                       segmentation_metrics, soft_dice)
+from hpctrain.evaluate.table import format_table
+from hpctrain.tasks.scores import classification_metrics, rand_error, segmentation_metrics, soft_dice
+from hpctrain.tasks.segmentation import dice_metric
 
 RNG = np.random.default_rng(0)
 
