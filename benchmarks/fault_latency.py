@@ -16,6 +16,8 @@ import psutil
 
 from common import HPCTRAIN, pack_mnist
 
+from hpctrain import spec
+
 
 
 def rank_of(proc):
@@ -34,10 +36,9 @@ def rank_of(proc):
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         data = pack_mnist(tmp)
-        job = Path(tmp) / "job.toml"
-        job.write_text(f'name = "kill"\n[data]\npath = "{data}"\nsplit = "holdout"\n[model]\nname = "lenet5"\n'
-                       '[train]\nbatch_size = 16\nepochs = 1000\nvalidation = false\n'
-                       f'[output]\ndir = "{tmp}/run"\ntensorboard = false\n')
+        job = spec.write(Path(tmp) / "job.toml", name="kill", data={"path": str(data), "split": "holdout"},
+                         model={"name": "lenet5"}, train={"batch_size": 16, "epochs": 1000, "validation": False},
+                         output={"dir": f"{tmp}/run", "tensorboard": False})
         print("| backend | launcher | kill -> job end (s) | exit code |\n|---|---|---:|---:|")
         for backend, launcher in (("horovod", "mpirun"), ("horovod", "horovodrun"), ("multiworker", "local")):
             proc = subprocess.Popen([HPCTRAIN, "launch", "-n", "2", str(job), "--backend", backend, "--launcher",

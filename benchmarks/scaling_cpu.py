@@ -22,12 +22,14 @@ from pathlib import Path
 
 from common import pack_mnist
 
+from hpctrain import spec
+from hpctrain.distribute import backends
 from hpctrain.launch import local as launch
 
 PLAIN_DEFAULTS = {"OMPI_MCA_mpi_yield_when_idle": "0", "HOROVOD_CYCLE_TIME": "1"}
 SIDE_BY_SIDE = "side by side (2 x 1 worker)"
 
-# (label, backend, launcher, processes, extra environment)
+# (label, backend, launcher, workers, extra environment)
 CASES = [
     ("1 worker", "none", "local", 1, {}),
     (SIDE_BY_SIDE, "none", None, 2, {}),
@@ -35,39 +37,41 @@ CASES = [
     ("horovod mpirun, plain defaults", "horovod", "mpirun", 2, PLAIN_DEFAULTS),
     ("horovod horovodrun --gloo", "horovod", "horovodrun", 2, {}),
     ("multiworker (2 processes)", "multiworker", "local", 2, {}),
-    ("mirrored (2 logical CPUs)", "mirrored", "local", 1, {}),
+    ("mirrored (2 logical CPUs)", "mirrored", "local", 2, {}),
 ]
 
 
 def job_file(tmp, model, data, steps):
     if model == "unet":
-        body = (f'[data]\npath = "{data}"\nsplit = "all"\ntile = 128\n[model]\nname = "unet"\ndepth = 5\n'
-                f'filters = 16\ndropout = 0.0\n[train]\nbatch_size = 8\n')
+        sections = dict(data={"path": str(data), "split": "all", "tile": 128},
+                        model={"name": "unet", "unet": {"depth": 5, "filters": 16, "dropout": 0.0}}, batch=8)
     else:
-        body = f'[data]\npath = "{data}"\nsplit = "holdout"\n[model]\nname = "mnist_cnn"\n[train]\nbatch_size = 64\n'
-    body += (f"epochs = 1\nsteps_per_epoch = {steps}\nvalidation = false\nwarmup_steps = 5\n"
-             f'[distribute]\nlr_scaling = "none"\n[output]\ndir = "unused"\ntensorboard = false\n')
-    path = Path(tmp) / f"{model}.toml"
-    path.write_text(f'name = "bench_{model}"\n' + body)
-    return path
+        sections = dict(data={"path": str(data), "split": "holdout"}, model={"name": "mnist_cnn"}, batch=64)
+    batch = sections.pop("batch")
+    return spec.write(Path(tmp) / f"{model}.toml", name=f"bench_{model}", **sections,
+                      train={"batch_size": batch, "epochs": 1, "steps_per_epoch": steps, "validation": False,
+                             "warmup_steps": 5},
+                      distribute={"lr_scaling": "none"}, output={"dir": "unused", "tensorboard": False})
 
 
 def throughput(out):
     return json.loads((out / "timing.json").read_text())["throughput"]["samples_per_s"]
 
 
-def run_case(job, out, label, backend, launcher, processes, env):
+def run_case(job, out, label, backend, launcher, workers, env):
     """Samples per second of all workers together."""
     argv = [sys.executable, "-m", "hpctrain", "train", str(job), "--force", "--set", f"distribute.backend={backend}"]
     env = {**os.environ, **env, "HPCTRAIN_CORES_PER_WORKER": "1"}
     if label == SIDE_BY_SIDE:  # each its own run folder, on its own core
         procs = [subprocess.Popen([*argv, "--set", f"output.dir={out}-{core}"], env=env,
                                   stdout=subprocess.DEVNULL, preexec_fn=lambda core=core: os.sched_setaffinity(0, {core}))
-                 for core in range(processes)]
+                 for core in range(workers)]
         if any(p.wait() for p in procs):
             raise SystemExit(f"{label}: a run failed")
-        return sum(throughput(Path(f"{out}-{core}")) for core in range(processes))
-    argv += ["--set", f"output.dir={out}"] + (["--set", "distribute.devices=2"] if backend == "mirrored" else [])
+        return sum(throughput(Path(f"{out}-{core}")) for core in range(workers))
+    launcher, processes, overrides = backends.BACKENDS[backend].local_plan(workers, launcher)
+    for item in [f"output.dir={out}", *overrides]:
+        argv += ["--set", item]
     if launch.run(processes, argv, launcher, env=env):
         raise SystemExit(f"{label}: the run failed")
     return throughput(out)
@@ -95,8 +99,7 @@ def main():
                     runs[label].append(run_case(job, out, label, *case))
                     print(f"{model:5} round {round_ + 1}  {label:34} {runs[label][-1]:8.1f} samples/s", flush=True)
             one, ceiling = statistics.median(runs["1 worker"]), statistics.median(runs[SIDE_BY_SIDE])
-            for label, _, _, processes, _ in CASES:
-                workers = 1 if label == "1 worker" else 2
+            for label, _, _, workers, _ in CASES:
                 tp = statistics.median(runs[label])
                 rows.append((model, label, workers, tp, min(runs[label]), max(runs[label]),
                              tp / (workers * one), tp / ceiling if workers == 2 else None))

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from common import HPCTRAIN, pack_isbi
 
+from hpctrain import spec
+
 
 
 def main():
@@ -24,11 +26,11 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = pack_isbi(tmp)
-        job = Path(tmp) / "job.toml"
-        job.write_text(f'name = "startup"\n[data]\npath = "{data}"\nsplit = "fold0"\ntile = 256\n'
-                       '[model]\nname = "unet"\ndepth = 4\nfilters = 16\n'
-                       '[train]\nbatch_size = 4\nepochs = 1\nsteps_per_epoch = 2\nvalidation = false\n'
-                       f'[output]\ndir = "{tmp}/run"\ntensorboard = false\n')
+        job = spec.write(Path(tmp) / "job.toml", name="startup",
+                         data={"path": str(data), "split": "fold0", "tile": 256},
+                         model={"name": "unet", "unet": {"depth": 4, "filters": 16}},
+                         train={"batch_size": 4, "epochs": 1, "steps_per_epoch": 2, "validation": False},
+                         output={"dir": f"{tmp}/run", "tensorboard": False})
         print("| backend | launcher | to first step (s) | inside the process (s) |\n|---|---|---:|---:|")
         for backend, launcher in (("horovod", "mpirun"), ("horovod", "horovodrun"), ("multiworker", "local"),
                                   ("mirrored", "local")):

@@ -69,11 +69,11 @@ def conv_flops(model):
 
 def plain_fit(filters, tile, batch, steps, precision):
     from hpctrain import compat
-    from hpctrain.models import build_unet
+    from hpctrain.models.unet import UNetSettings, build_unet
 
     tf, keras = compat.tf(), compat.keras()
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "mixed" else "float32")
-    model = build_unet((tile, tile, 1), 5, filters, "sigmoid", 0.5)
+    model = build_unet(UNetSettings(depth=5, filters=filters, output="sigmoid", dropout=0.5), (tile, tile, 1))
     model.compile(keras.optimizers.Adam(1e-4), "binary_crossentropy")
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch * 4, tile, tile, 1), dtype=np.uint8)  # pixels, as hpctrain feeds them
@@ -96,12 +96,14 @@ def hpctrain_fit(filters, tile, batch, steps, precision, tmp):
     data = Path(tmp) / "isbi.h5"
     if not data.exists():
         pack_isbi(tmp)
-    job = Path(tmp) / "job.toml"
-    job.write_text(f'name = "efficiency"\n[data]\npath = "{data}"\nsplit = "all"\ntile = {tile}\n'
-                   '[data.augment]\nenabled = true\n'
-                   f'[model]\nname = "unet"\ndepth = 5\nfilters = {filters}\n'
-                   f'[train]\nbatch_size = {batch}\nepochs = 1\nsteps_per_epoch = {steps}\nvalidation = false\n'
-                   f'warmup_steps = {WARMUP}\nprecision = "{precision}"\n[output]\ndir = "{tmp}/run"\n')
+    from hpctrain import spec
+
+    job = spec.write(Path(tmp) / "job.toml", name="efficiency",
+                     data={"path": str(data), "split": "all", "tile": tile, "augment": {"enabled": True}},
+                     model={"name": "unet", "unet": {"depth": 5, "filters": filters}},
+                     train={"batch_size": batch, "epochs": 1, "steps_per_epoch": steps, "validation": False,
+                            "warmup_steps": WARMUP, "precision": precision},
+                     output={"dir": f"{tmp}/run"})
     subprocess.run([HPCTRAIN, "train", str(job), "--force"], check=True, capture_output=True)
     return json.loads((Path(tmp) / "run" / "timing.json").read_text())["throughput"]["samples_per_s"]
 

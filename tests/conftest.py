@@ -62,7 +62,6 @@ def isbi_h5(tmp_path_factory):
 
 def write_job(path, **sections):
     """Writes a job spec TOML from {section: {key: value}}."""
-    from hpctrain.spec import _toml
+    from hpctrain import spec
 
-    path.write_text(_toml(sections))
-    return path
+    return spec.write(path, **sections)

@@ -66,7 +66,7 @@ E2E = [("horovod", "mpirun"), ("multiworker", "local"), ("mirrored", None)]
 def test_two_workers_train_real_data_and_only_the_chief_writes(tmp_path, mnist_h5, isbi_h5, model, backend, launcher):
     if model == "unet":
         data = {"path": str(isbi_h5), "split": "fold0", "tile": 128, "augment": {"enabled": True}}
-        params, train = {"depth": 3, "filters": 8}, {"batch_size": 2, "steps_per_epoch": 3}
+        params, train = {"unet": {"depth": 3, "filters": 8}}, {"batch_size": 2, "steps_per_epoch": 3}
     else:
         data, params, train = {"path": str(mnist_h5), "split": "holdout"}, {}, {"batch_size": 32, "steps_per_epoch": 8}
     job = write_job(tmp_path / "job.toml", name="e2e", data=data, model={"name": model, **params},

@@ -26,7 +26,7 @@ def unet_job(tmp_path, isbi_h5, name="unet", **train):
     return write_job(
         tmp_path / f"{name}.toml", name=name,
         data={"path": str(isbi_h5), "split": "fold0", "tile": 128, "augment": {"enabled": True}},
-        model={"name": "unet", "depth": 3, "filters": 8, "dropout": 0.0},
+        model={"name": "unet", "unet": {"depth": 3, "filters": 8, "dropout": 0.0}},
         train={"learning_rate": 1e-3, "batch_size": 4, "epochs": 2, **train},
         output={"dir": str(tmp_path / name)})
 

@@ -55,19 +55,19 @@ def cmd_train(args):
 
 
 def cmd_launch(args):
-    from hpctrain.launch import local as launch
+    from hpctrain.distribute import backends
+    from hpctrain.launch import local, sweep
 
     job = _load_spec(args)
-    launcher, processes, overrides = launch.plan(job.distribute.backend, args.n, args.launcher)
-    argv = [sys.executable, "-m", "hpctrain", "train", args.job, "--backend", job.distribute.backend]
-    for item in [*args.set, *overrides]:
-        argv += ["--set", item]
-    argv += [flag for flag, on in (("--resume", args.resume), ("--force", args.force)) if on]
+    backend = backends.BACKENDS[job.distribute.backend]
+    launcher, processes, overrides = backend.local_plan(args.n, args.launcher)
+    flags = [flag for flag, on in (("--resume", args.resume), ("--force", args.force)) if on]
+    argv = sweep.hpctrain_command(sweep.train_args(args.job, [*args.set, *overrides], backend.name, flags))
     if args.print:
-        for cmd in launch.command(processes, argv, launcher):
-            print(launch.format_command(cmd))
+        for cmd in local.command(processes, argv, launcher):
+            print(local.format_command(cmd))
         return 0
-    return launch.run(processes, argv, launcher)
+    return local.run(processes, argv, launcher)
 
 
 def cmd_evaluate(args):
@@ -103,25 +103,23 @@ def cmd_report(args):
 
 
 def cmd_submit(args):
-    from hpctrain.launch import sweep
-    from hpctrain.launch import slurm as submit
+    from hpctrain.launch import slurm, sweep
 
-    sweep = submit.plan(args.job, sweep.parse_counts(args.gpus, "--gpus"), backend=args.backend, nodes=args.nodes,
-                        gpus_per_node=args.gpus_per_node, cpu=args.cpu, template=args.template, output=args.output,
-                        overrides=args.set, cpus_per_task=args.cpus_per_task, partition=args.partition,
-                        account=args.account, time_limit=args.time, sbatch_args=args.sbatch_arg)
+    plan = slurm.plan(args.job, sweep.parse_counts(args.gpus, "--gpus"), backend=args.backend, nodes=args.nodes,
+                      gpus_per_node=args.gpus_per_node, cpu=args.cpu, template=args.template, output=args.output,
+                      overrides=args.set, cpus_per_task=args.cpus_per_task, partition=args.partition,
+                      account=args.account, time_limit=args.time, sbatch_args=args.sbatch_arg)
     if args.dry_run:
-        print(submit.dry_run(sweep))
+        print(slurm.dry_run(plan))
         return 0
-    submit.submit(sweep)
+    slurm.submit(plan)
 
 
 def cmd_scaling(args):
     from hpctrain.launch import sweep
 
-    overrides = list(args.set)
-    path = sweep.run(args.job, sweep.parse_counts(args.workers), args.output, args.backend, args.launcher,
-                     overrides, args.force, args.cores_per_worker)
+    plan = sweep.plan(args.job, sweep.parse_counts(args.workers), args.output, args.backend, args.set)
+    path = sweep.run(plan, args.launcher, args.force, args.cores_per_worker)
     print(path.read_text())
     print(f"written: {path.parent}/")
 
@@ -155,15 +153,17 @@ def cmd_verify(args):
     print(schema.verify(args.file))
 
 def _add_spec_arguments(p):
+    from hpctrain.distribute import backends
+
     p.add_argument("job", help="job spec (TOML), e.g. jobs/unet_isbi.toml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec value, e.g. --set train.epochs=3 (repeatable)")
-    p.add_argument("--backend", choices=("none", "horovod", "mirrored", "multiworker"),
-                   help="shorthand for --set distribute.backend=...")
+    p.add_argument("--backend", choices=list(backends.BACKENDS), help="shorthand for --set distribute.backend=...")
 
 
 def build_parser():
     import hpctrain
+    from hpctrain.launch.local import LAUNCHERS
 
     parser = _Parser(prog="hpctrain", description=hpctrain.__doc__)
     parser.add_argument("--version", action="version", version=f"hpctrain {__version__}")
@@ -183,8 +183,8 @@ def build_parser():
     p = sub.add_parser("launch", help="train with N local workers (mpirun, horovodrun or N processes)")
     _add_spec_arguments(p)
     p.add_argument("-n", type=int, required=True, help="number of workers")
-    p.add_argument("--launcher", choices=("mpirun", "horovodrun", "local"),
-                   help="default: mpirun for horovod, local processes for multiworker")
+    p.add_argument("--launcher", choices=LAUNCHERS, help="default: the backend's first (mpirun for horovod, "
+                                                         "supervised local processes for the others)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--force", action="store_true", help="replace an existing run folder")
     p.add_argument("--print", action="store_true", help="print the command(s) instead of running them")
@@ -243,7 +243,7 @@ def build_parser():
     p = sub.add_parser("scaling", help="run a job on 1, 2, ... local workers, then the scaling report")
     _add_spec_arguments(p)
     p.add_argument("--workers", default="1,2", help="worker counts, e.g. 1,2,4 (default 1,2)")
-    p.add_argument("--launcher", choices=("mpirun", "horovodrun", "local"))
+    p.add_argument("--launcher", choices=LAUNCHERS)
     p.add_argument("-o", "--output", required=True, help="sweep folder: w1/, w2/, ..., report/")
     p.add_argument("--force", action="store_true", help="replace existing run folders")
     p.add_argument("--cores-per-worker", type=int, help="CPU runs: pin each worker to its own N cores")

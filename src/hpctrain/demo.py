@@ -6,6 +6,7 @@ raw TIFF stacks -> HDF5 -> CPU-sized U-Net on 1 worker and on 2 Horovod workers 
 from pathlib import Path
 
 from hpctrain.errors import UserError
+from hpctrain.rundir import RunDir
 
 JOB = "jobs/unet_isbi_cpu.toml"
 
@@ -26,19 +27,19 @@ def run(out="runs/demo", data_dir="data/isbi2012", workers=(1, 2), backend="horo
 
     print(f"== 2. train {JOB} on {' then '.join(map(str, workers))} workers ({backend})", flush=True)
     # Here a "GPU" is one core: every worker, alone or not, gets one core of its own.
-    report = sweep.run(JOB, list(workers), out / "scaling", backend=backend, overrides=[f"data.path={packed}"],
-                       force=True, cores_per_worker=1)
+    plan = sweep.plan(JOB, list(workers), out / "scaling", backend, [f"data.path={sweep.toml_string(packed)}"])
+    report = sweep.run(plan, force=True, cores_per_worker=1)
 
     print("== 3. evaluate on the held-out slices of fold 0", flush=True)
     scores = {}
     for n in workers:
-        run_dir = out / "scaling" / f"w{n}"
-        scores[n] = evaluation.evaluate(run_dir, out=run_dir / "evaluation.json")
-        print(f"-- {n} worker{'s' * (n > 1)}: {run_dir}\n{table.format_table(scores[n])}", flush=True)
+        run_dir = RunDir(out / "scaling" / f"w{n}")
+        scores[n] = evaluation.evaluate(run_dir.path, out=run_dir.evaluation)
+        print(f"-- {n} worker{'s' * (n > 1)}: {run_dir.path}\n{table.format_table(scores[n])}", flush=True)
 
     prediction = out / "test-volume-prediction.tif"
     print(f"== 4. predict the ISBI test volume -> {prediction}", flush=True)
-    evaluation.predict(out / "scaling" / f"w{workers[-1]}", data_dir / "test-volume.tif", prediction, force=True)
+    evaluation.predict(plan.runs[-1].run_dir, data_dir / "test-volume.tif", prediction, force=True)
 
     print(f"\n== scaling report: {report}\n")
     print(report.read_text())

@@ -8,3 +8,9 @@ class UserError(Exception):
 class TrainingFailed(Exception):
     """Training itself went wrong (a non-finite loss, a checkpoint that cannot be written); the message
     says where. Exit code 1."""
+
+
+def one_of(names):
+    """'a', 'b' or 'c' (for messages that list the choices)."""
+    names = [str(n) for n in names]
+    return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]])) if names else "nothing"

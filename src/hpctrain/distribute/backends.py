@@ -8,16 +8,30 @@
 
 `replicas` is the number of data-parallel workers (global batch = per-worker batch x replicas); a
 process may feed several (`local_replicas`, MirroredStrategy). Only the chief writes outputs.
+
+Each backend class also states its own facts, which the spec, `launch`, `submit`, the training loop and
+timing read without naming a backend: whether N processes run it, how it is launched on one node and
+laid out on Slurm, whether every worker must save, the versions it reports. A subclass with its own
+`name` registers itself in BACKENDS.
 """
 import contextlib
 import os
 import shutil
 import sys
 import tempfile
+from typing import NamedTuple
 
 from hpctrain import compat
 from hpctrain.distribute import cluster as cluster_mod
-from hpctrain.errors import UserError
+from hpctrain.errors import UserError, one_of
+
+BACKENDS = {}
+
+
+class SlurmLayout(NamedTuple):
+    nodes: int
+    tasks_per_node: int
+    gpus_per_node: int  # 0: no GPUs requested
 
 
 def _set_cpu_threads(local_rank, local_size, workers_in_process=1):
@@ -58,10 +72,56 @@ def _gpu_memory_growth(gpus):
 class Backend:
     """No distribution: one process, one replica."""
     name = "none"
-    multi_process = False  # whether N processes may run it together
+    multi_process = False       # N processes run it together, one or more replicas each
+    in_process_replicas = False  # one process drives N replicas (its GPUs, or logical CPUs here)
+    every_worker_saves = False  # every worker takes part in saving (tf.distribute); the chief's copy is kept
+    launchers = ("local",)      # how `hpctrain launch` starts it on one node (hpctrain.launch.local); first = default
+    slurm_templates = ()        # its templates in hpctrain/launch/templates; first = default; none: no sweeps
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            BACKENDS[cls.name] = cls
 
     def __init__(self, cluster, spec):
         self.cluster, self.spec = cluster, spec
+
+    # How it is started.
+    @classmethod
+    def scales(cls):
+        return cls.multi_process or cls.in_process_replicas
+
+    @classmethod
+    def local_plan(cls, n, launcher=None):
+        """(launcher, processes, spec overrides) that give `n` workers on this node."""
+        if n < 1:
+            raise UserError(f"number of workers must be at least 1, not {n}")
+        if n > 1 and not cls.scales():
+            others = [name for name, b in BACKENDS.items() if b.scales()]
+            raise UserError(f"backend {cls.name!r} trains on one worker; choose --backend {one_of(others)}")
+        launcher = launcher or cls.launchers[0]
+        if launcher not in cls.launchers:
+            raise UserError(f"backend {cls.name!r} is started with --launcher {one_of(cls.launchers)} on one node, "
+                            f"not {launcher}")
+        return launcher, n if cls.multi_process else 1, cls.worker_overrides(n)
+
+    @classmethod
+    def worker_overrides(cls, n):
+        """Spec overrides that give a run of `n` workers."""
+        return []
+
+    @classmethod
+    def slurm_layout(cls, n, per_node, cpu=False):
+        """Nodes, tasks and GPUs per node of an n-worker job on nodes of `per_node` workers (GPUs); with
+        `cpu` no GPUs are requested and each worker is a CPU process. Default: one task per GPU."""
+        nodes = -(-n // per_node)
+        if n % nodes:
+            raise UserError(f"{n} workers do not split evenly over {nodes} nodes of {per_node}")
+        return SlurmLayout(nodes, n // nodes, 0 if cpu else n // nodes)
+
+    def versions(self):
+        """Versions of the backend's own libraries, for timing.json."""
+        return {}
 
     def setup(self):
         tf = compat.tf()
@@ -122,15 +182,21 @@ class Backend:
         os._exit(code)
 
 
+BACKENDS[Backend.name] = Backend
+
+
 class HorovodBackend(Backend):
     """Horovod: one process per GPU (or CPU worker), started by mpirun, horovodrun or srun."""
     name = "horovod"
     multi_process = True
+    launchers = ("mpirun", "horovodrun")
+    slurm_templates = ("horovod-srun", "horovod-mpirun")
 
     def setup(self):
-        # Measured here: Open MPI's busy polling steals the core TensorFlow needs (2 workers on 2 cores:
-        # 65 % efficiency by default, 97 % with yield_when_idle). A 2 ms cycle beat 1, 5 and 10 ms here
-        # (benchmarks/scaling_cpu.py models, runs in turn): it fuses tensors without delaying each step.
+        # Measured here (benchmarks/scaling_cpu.py, README): Open MPI's busy polling steals the core
+        # TensorFlow needs (U-Net, 2 workers on 2 cores: 60.5 % efficiency with plain defaults, 93.4 % with
+        # yield_when_idle). A 2 ms cycle beat 1, 5 and 10 ms in runs in turn: it fuses tensors without
+        # delaying each step.
         os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
         os.environ.setdefault("HOROVOD_CYCLE_TIME", "2")
         tf = compat.tf()
@@ -149,6 +215,11 @@ class HorovodBackend(Backend):
     local_rank = property(lambda self: self.hvd.local_rank())
     local_size = property(lambda self: self.hvd.local_size())
     is_chief = property(lambda self: self.hvd.rank() == 0)
+
+    def versions(self):
+        import horovod
+
+        return {"horovod": horovod.__version__}
 
     def wrap_optimizer(self, optimizer):
         return self.hvd.DistributedOptimizer(optimizer)
@@ -176,7 +247,8 @@ class HorovodBackend(Backend):
 
 
 class _TFDistributeBackend(Backend):
-    """tf.distribute strategies: the strategy splits each step over its replicas."""
+    """tf.distribute strategies: the strategy splits each step over its replicas; saving is collective."""
+    every_worker_saves = True
 
     def __init__(self, cluster, spec):
         super().__init__(cluster, spec)
@@ -212,6 +284,18 @@ class _TFDistributeBackend(Backend):
 class MirroredBackend(_TFDistributeBackend):
     """MirroredStrategy: one process drives all GPUs of its node, or N logical CPU devices without GPUs."""
     name = "mirrored"
+    in_process_replicas = True
+    slurm_templates = ("mirrored",)
+
+    @classmethod
+    def worker_overrides(cls, n):
+        return [f"distribute.devices={n}"]  # logical CPU devices; with GPUs it drives all it sees
+
+    @classmethod
+    def slurm_layout(cls, n, per_node, cpu=False):
+        if n > per_node:
+            raise UserError(f"backend mirrored runs on one node: {n} workers do not fit its {per_node}")
+        return SlurmLayout(1, 1, 0 if cpu else n)
 
     def setup(self):
         tf = compat.tf()
@@ -237,6 +321,14 @@ class MultiWorkerBackend(_TFDistributeBackend):
     """MultiWorkerMirroredStrategy: one process per node (or per CPU worker here), TF_CONFIG or Slurm."""
     name = "multiworker"
     multi_process = True
+    slurm_templates = ("multiworker",)
+
+    @classmethod
+    def slurm_layout(cls, n, per_node, cpu=False):
+        layout = super().slurm_layout(n, per_node, cpu)
+        if cpu:
+            return layout
+        return SlurmLayout(layout.nodes, 1, layout.gpus_per_node)  # one process per node drives its GPUs
 
     def setup(self):
         tf = compat.tf()
@@ -260,15 +352,13 @@ class MultiWorkerBackend(_TFDistributeBackend):
         return self.strategy.num_replicas_in_sync // self.cluster.size
 
 
-BACKENDS = {b.name: b for b in (Backend, HorovodBackend, MirroredBackend, MultiWorkerBackend)}
-
-
 def create(spec, env=None):
     """The backend named by a DistributeSpec, set up for this process."""
     cluster = cluster_mod.detect(env)
     backend = BACKENDS[spec.backend](cluster, spec)
     if cluster.size > 1 and not backend.multi_process:
+        several = [name for name, b in BACKENDS.items() if b.multi_process]
         raise UserError(f"backend {spec.backend!r} runs as one process, but {cluster.launcher} started "
-                        f"{cluster.size}; set distribute.backend (or --backend) to horovod or multiworker")
+                        f"{cluster.size}; set distribute.backend (or --backend) to {one_of(several)}")
     backend.setup()
     return backend

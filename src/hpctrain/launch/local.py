@@ -1,4 +1,5 @@
-"""Starting N local workers: `mpirun`, `horovodrun --gloo`, or N supervised processes with TF_CONFIG.
+"""Starting N workers on this node: `mpirun`, `horovodrun --gloo`, or N supervised processes with TF_CONFIG
+(`local`). Which of them a backend takes is the backend's fact (`Backend.launchers`).
 
 Commands are argument lists, never shell strings. Every launcher ends the whole job when one worker
 dies, so nothing waits for ever on a dead peer.
@@ -19,27 +20,6 @@ LAUNCHERS = ("mpirun", "horovodrun", "local")
 # Variables forwarded to mpirun's ranks (Open MPI passes only what -x names).
 _FORWARD_PREFIXES = ("HPCTRAIN_", "TF_", "HOROVOD_", "OMP_", "CUDA_", "NCCL_", "HDF5_", "PYTHON", "KMP_", "MKL_")
 _FORWARD_NAMES = ("PATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "HOME")
-
-
-DEFAULT_LAUNCHER = {"horovod": "mpirun", "multiworker": "local"}
-
-
-def plan(backend, n, launcher=None):
-    """(launcher, processes, spec overrides) that give `n` workers of `backend` on this node."""
-    if n < 1:
-        raise UserError(f"number of workers must be at least 1, not {n}")
-    if backend in ("none", "mirrored"):
-        if launcher not in (None, "local"):
-            raise UserError(f"backend {backend!r} runs in one process; --launcher {launcher} does not apply")
-        if backend == "none" and n > 1:
-            raise UserError("backend 'none' trains on one worker; choose --backend horovod, mirrored or multiworker")
-        return "local", 1, [f"distribute.devices={n}"] if backend == "mirrored" else []
-    launcher = launcher or DEFAULT_LAUNCHER[backend]
-    if backend == "multiworker" and launcher != "local":
-        raise UserError("backend 'multiworker' is launched with --launcher local here (srun on Slurm)")
-    if backend == "horovod" and launcher == "local":
-        raise UserError("backend 'horovod' needs --launcher mpirun or horovodrun")
-    return launcher, n, []
 
 
 def _executable(name):

@@ -3,7 +3,7 @@
 One training job per worker count, each writing its own run folder (--set output.dir=SWEEP/w<N>), then a
 report job queued with --dependency=afterany on all of them: it runs however they end and names the runs that
 left no results, so a failed run never leaves it pending. Every job is an `sbatch --parsable` call from an
-argument list (never a shell string) of a template in the repository's slurm/ folder.
+argument list (never a shell string) of a template in hpctrain/launch/templates (slurm/ in a checkout).
 
     SWEEP/sweep.json     what was submitted: job ids, sbatch commands, run folders
     SWEEP/logs/          the jobs' output files (%x-%j.out)
@@ -11,8 +11,8 @@ argument list (never a shell string) of a template in the repository's slurm/ fo
     SWEEP/report/        report.md, report.csv, report.json and plots, once the report job has run
 
 Workers sit on nodes of `gpus_per_node` GPUs (default: every run on one node; --nodes N: the largest run
-spans N nodes). Horovod runs one task per GPU, multiworker one task per node driving its GPUs, mirrored one
-task on one node. With `cpu` no GPUs are requested and each worker is a CPU process (mirrored: logical CPUs).
+spans N nodes); each backend lays its workers out on them (`Backend.slurm_layout`). With `cpu` no GPUs are
+requested and each worker is a CPU process.
 """
 import json
 import os
@@ -24,22 +24,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hpctrain import spec as spec_mod
 from hpctrain.atomic import write_text
+from hpctrain.distribute import backends
 from hpctrain.errors import UserError
+from hpctrain.launch import sweep as sweep_mod
 
-DEFAULT_TEMPLATE = {"horovod": "horovod-srun", "multiworker": "multiworker", "mirrored": "mirrored"}
-TEMPLATE_BACKEND = {"horovod-srun": "horovod", "horovod-mpirun": "horovod", "multiworker": "multiworker",
-                    "mirrored": "mirrored"}
 REPORT_TEMPLATE = "report"
 SBATCH_TIMEOUT = 120  # seconds; sbatch normally answers at once
-
-
-@dataclass(frozen=True)
-class Layout:
-    nodes: int
-    tasks_per_node: int
-    gpus_per_node: int  # 0: no GPUs requested
 
 
 @dataclass
@@ -87,22 +78,13 @@ def per_node(sizes, nodes=None, gpus_per_node=None):
 
 
 def layout(backend, n, per, cpu=False):
-    """Nodes, tasks and GPUs per node of an n-worker run of `backend` on nodes holding `per` workers."""
-    if backend == "mirrored":
-        if n > per:
-            raise UserError(f"backend mirrored runs on one node: {n} workers do not fit its {per}")
-        return Layout(1, 1, 0 if cpu else n)
-    nodes = -(-n // per)
-    if n % nodes:
-        raise UserError(f"{n} workers do not split evenly over {nodes} nodes of {per}")
-    k = n // nodes
-    if backend == "multiworker" and not cpu:
-        return Layout(nodes, 1, k)  # one process per node drives its k GPUs
-    return Layout(nodes, k, 0 if cpu else k)
+    """Nodes, tasks and GPUs per node of an n-worker run of `backend` (a name) on nodes holding `per` workers."""
+    return backends.BACKENDS[backend].slurm_layout(n, per, cpu)
 
 
-def _toml_string(value):
-    return json.dumps(str(value))  # a JSON string is a TOML basic string
+def template_backends():
+    """{template name: backend name} of every backend's templates."""
+    return {t: name for name, b in backends.BACKENDS.items() for t in b.slurm_templates}
 
 
 def _slurm_pattern(path):
@@ -113,48 +95,38 @@ def plan(job_path, sizes, *, backend=None, nodes=None, gpus_per_node=None, cpu=F
          output=None, overrides=(), cpus_per_task=None, partition=None, account=None, time_limit=None,
          sbatch_args=(), env=None):
     """The sbatch commands of a sweep (training jobs, then the report job, whose --dependency is filled in
-    at submission). Validates the spec with the overrides first, so mistakes surface before anything is queued."""
-    job_path = Path(job_path).resolve()
-    spec = spec_mod.load(job_path, list(overrides) + ([f"distribute.backend={backend}"] if backend else []))
-    backend = backend or (spec.distribute.backend if spec.distribute.backend != "none" else "horovod")
-    if backend == "none":
-        raise UserError("a scaling sweep needs a distributed backend: --backend horovod, mirrored or multiworker")
+    at submission). The backend: --backend, else the spec's, else the first with Slurm templates."""
+    default = next(name for name, b in backends.BACKENDS.items() if b.slurm_templates)
+    sw = sweep_mod.plan(job_path, sizes, output, backend, overrides, default_backend=default)
+    name = sw.backend.name
     directory = templates_dir(env)
-    template_path = find_template(template or DEFAULT_TEMPLATE[backend], directory)
-    if TEMPLATE_BACKEND.get(template_path.stem, backend) != backend:
-        raise UserError(f"template {template_path.stem} runs backend {TEMPLATE_BACKEND[template_path.stem]}, "
-                        f"not {backend}")
+    template_path = find_template(template or sw.backend.slurm_templates[0], directory)
+    runs_backend = template_backends().get(template_path.stem, name)
+    if runs_backend != name:
+        raise UserError(f"template {template_path.stem} runs backend {runs_backend}, not {name}")
     report_template = find_template(REPORT_TEMPLATE, directory)
     per = per_node(sizes, nodes, gpus_per_node)
-    sweep = Path(output) if output else spec.output.dir.parent / f"{spec.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-    sweep = sweep.resolve()
-    logs = sweep / "logs"
+    logs = sw.folder / "logs"
 
     common = [f"--cpus-per-task={cpus_per_task}"] if cpus_per_task else []
     common += [f"--partition={partition}"] if partition else []
     common += [f"--account={account}"] if account else []
     jobs = []
-    for n in sizes:
-        lay = layout(backend, n, per, cpu)
-        name = f"{spec.name}-w{n}"
-        run_dir = sweep / f"w{n}"
-        cmd = ["sbatch", "--parsable", f"--job-name={name}", f"--output={_slurm_pattern(logs)}/%x-%j.out",
+    for r in sw.runs:
+        lay = layout(name, r.workers, per, cpu)
+        job_name = f"{sw.spec.name}-w{r.workers}"
+        cmd = ["sbatch", "--parsable", f"--job-name={job_name}", f"--output={_slurm_pattern(logs)}/%x-%j.out",
                f"--nodes={lay.nodes}", f"--ntasks-per-node={lay.tasks_per_node}"]
         cmd += [f"--gpus-per-node={lay.gpus_per_node}"] if lay.gpus_per_node else []
         cmd += common + ([f"--time={time_limit}"] if time_limit else []) + list(sbatch_args)
-        cmd += [str(template_path), str(job_path)]
-        for item in [*overrides, f"output.dir={_toml_string(run_dir)}"]:  # the run folder wins
-            cmd += ["--set", item]
-        if backend == "mirrored" and cpu:
-            cmd += ["--set", f"distribute.devices={n}"]
-        cmd += ["--backend", backend]
-        jobs.append(Job(n, name, run_dir, cmd))
-    report = Job(0, f"{spec.name}-report", None,
-                 ["sbatch", "--parsable", f"--job-name={spec.name}-report",
+        cmd += [str(template_path), *sw.train_args(r)[1:]]  # the template runs `hpctrain train` itself
+        jobs.append(Job(r.workers, job_name, r.run_dir, cmd))
+    report = Job(0, f"{sw.spec.name}-report", None,
+                 ["sbatch", "--parsable", f"--job-name={sw.spec.name}-report",
                   f"--output={_slurm_pattern(logs)}/%x-%j.out", "--dependency=afterany:{ids}",
                   *[a for a in common if not a.startswith("--cpus-per-task")],
-                  str(report_template), "-o", str(sweep / "report"), *(str(j.run_dir) for j in jobs)])
-    return {"spec": spec, "job_path": job_path, "backend": backend, "template": template_path, "sweep": sweep,
+                  str(report_template), "-o", str(sw.folder / "report"), *(str(j.run_dir) for j in jobs)])
+    return {"spec": sw.spec, "job_path": sw.job_path, "backend": name, "template": template_path, "sweep": sw.folder,
             "jobs": jobs, "report": report, "slurm_dir": common_dir(template_path, directory)}
 
 

@@ -1,11 +1,16 @@
-"""`hpctrain scaling`: the same job on 1, 2, ... local workers, then the scaling report — the local twin
-of `hpctrain submit` on Slurm. Sweep folder: SWEEP/w1, SWEEP/w2, ... and SWEEP/report/."""
+"""A scaling sweep: the same job on 1, 2, ... workers, each into SWEEP/w<N>, then the scaling report in
+SWEEP/report. The plan is built once (`plan`) and run on this node (`run`, `hpctrain scaling`) or as
+Slurm jobs (hpctrain.launch.slurm, `hpctrain submit`). Every training command line of hpctrain comes
+from `train_args`."""
+import json
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from hpctrain import spec as spec_mod
-from hpctrain.launch import local as launch
-from hpctrain.errors import UserError
+from hpctrain.distribute import backends
+from hpctrain.errors import UserError, one_of
 
 
 def parse_counts(text, option="--workers"):
@@ -19,29 +24,74 @@ def parse_counts(text, option="--workers"):
     return counts
 
 
-def run(job_path, workers, out, backend=None, launcher=None, overrides=(), force=False, cores_per_worker=None):
-    """Trains the job once per worker count into OUT/w<N>, then writes OUT/report. Returns report.md.
+def train_args(job_path, overrides=(), backend=None, flags=()):
+    """The arguments of one `hpctrain train`: JOB, --set KEY=VALUE..., --backend B, then flags."""
+    args = ["train", str(job_path)]
+    for item in overrides:
+        args += ["--set", item]
+    return args + (["--backend", backend] if backend else []) + list(flags)
+
+
+def hpctrain_command(args):
+    """The command line that runs `hpctrain ARGS` with this Python."""
+    return [sys.executable, "-m", "hpctrain", *args]
+
+
+def toml_string(value):
+    """A value as a TOML string (a JSON string is one), so that any path survives --set."""
+    return json.dumps(str(value))
+
+
+@dataclass(frozen=True)
+class Run:
+    workers: int
+    run_dir: Path
+    overrides: tuple  # the sweep's, then this run's folder and worker settings
+
+
+@dataclass(frozen=True)
+class Sweep:
+    job_path: Path
+    spec: object           # the validated JobSpec
+    backend: type          # a Backend class
+    folder: Path
+    runs: tuple
+
+    def train_args(self, run, flags=()):
+        return train_args(self.job_path, run.overrides, self.backend.name, flags)
+
+
+def plan(job_path, counts, folder, backend=None, overrides=(), default_backend=None):
+    """The runs of a sweep of `counts` workers into `folder` (default: SPEC-NAME-sweep-TIME beside the
+    spec's output.dir). The backend: `backend`, else the spec's, else
+    `default_backend`; it must scale beyond one worker. The spec is validated with the overrides first,
+    so mistakes surface before anything runs or is queued."""
+    overrides, job_path = list(overrides), Path(job_path).resolve()
+    spec = spec_mod.load(job_path, overrides + ([f"distribute.backend={backend}"] if backend else []))
+    name = backend or (spec.distribute.backend if spec.distribute.backend != "none" else default_backend)
+    chosen = backends.BACKENDS.get(name or "none")
+    if not chosen.scales():
+        scaling = [n for n, b in backends.BACKENDS.items() if b.scales()]
+        raise UserError(f"a scaling sweep needs a distributed backend: --backend {one_of(scaling)}")
+    folder = Path(folder or spec.output.dir.parent / f"{spec.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    runs = tuple(Run(n, folder / f"w{n}", (*overrides, f"output.dir={toml_string(folder / f'w{n}')}",
+                                            *chosen.worker_overrides(n)))
+                 for n in counts)
+    return Sweep(job_path, spec, chosen, folder, runs)
+
+
+def run(sweep, launcher=None, force=False, cores_per_worker=None):
+    """Runs a sweep on this node, one run after the other, then writes SWEEP/report; returns report.md.
     `cores_per_worker` pins each CPU worker to its own cores, so every run gives a worker the same share."""
+    from hpctrain.launch import local
     from hpctrain.report import scaling
 
-    overrides = list(overrides) + ([f"distribute.backend={backend}"] if backend else [])
-    job = spec_mod.load(job_path, overrides)
-    if job.distribute.backend == "none":
-        raise UserError("a scaling sweep needs a distributed backend: --backend horovod, mirrored or multiworker")
-    out = Path(out)
-    runs = []
-    for n in workers:
-        run_dir = out / f"w{n}"
-        print(f"hpctrain scaling: {n} worker{'s' * (n > 1)} -> {run_dir}", flush=True)
-        chosen, processes, extra = launch.plan(job.distribute.backend, n, launcher)
-        argv = [sys.executable, "-m", "hpctrain", "train", str(job_path)]
-        for item in [*overrides, f"output.dir={run_dir}", *extra]:
-            argv += ["--set", item]
-        if force:
-            argv.append("--force")
-        env = {"HPCTRAIN_CORES_PER_WORKER": str(cores_per_worker)} if cores_per_worker else {}
-        code = launch.run(processes, argv, chosen, env=env)
+    env = {"HPCTRAIN_CORES_PER_WORKER": str(cores_per_worker)} if cores_per_worker else {}
+    for r in sweep.runs:
+        print(f"hpctrain scaling: {r.workers} worker{'s' * (r.workers > 1)} -> {r.run_dir}", flush=True)
+        chosen, processes, _ = sweep.backend.local_plan(r.workers, launcher)
+        argv = hpctrain_command(sweep.train_args(r, ["--force"] if force else []))
+        code = local.run(processes, argv, chosen, env=env)
         if code != 0:
-            raise UserError(f"the {n}-worker run failed (exit code {code}); see its output above")
-        runs.append(run_dir)
-    return scaling.write(runs, out / "report")
+            raise UserError(f"the {r.workers}-worker run failed (exit code {code}); see its output above")
+    return scaling.write([r.run_dir for r in sweep.runs], sweep.folder / "report")

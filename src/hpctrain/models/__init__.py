@@ -1,16 +1,60 @@
-"""Models by name: `build(spec.model, input_shape, num_classes, input_dtype)`. Every model takes integer
-pixels as the dataset stores them and scales them to [0, 1] itself (models/pixels.py)."""
-from hpctrain.models.cnn import build_lenet5, build_mnist_cnn
-from hpctrain.models.unet import build_unet
+"""Models by name. Each model module declares a `Model` entry: its task, its own settings (the
+`[model.<name>]` table of a job spec) and how to build it; nothing outside a model's module names it.
+`register` adds one (a test adds a toy). Every model takes integer pixels as the dataset stores them
+and scales them to [0, 1] itself (models/pixels.py); importing this package loads no TensorFlow."""
+from dataclasses import dataclass
+from typing import Callable
 
-SEGMENTATION = {"unet"}
+from pydantic import BaseModel, ConfigDict
+
+
+class Settings(BaseModel):
+    """Base of a model's own settings: unknown keys are refused."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    task: object                    # an hpctrain.tasks.Task
+    settings: type[Settings]        # its [model.<name>] table
+    build: Callable                 # (settings, input_shape, num_classes, input_dtype) -> tf_keras model
+    fully_convolutional: bool = False  # any image size: tiles train, whole images validate and predict
+    example_side: int = 28          # input side of `train --dry-run` without a dataset
+    size_multiple: Callable = lambda settings: 1  # image sides must be multiples of this
+
+    def input_shape(self, image_shape, tile=None):
+        """The Keras input shape for images (H, W, C) of a dataset, trained on tiles if given."""
+        if self.fully_convolutional:
+            return (None, None, image_shape[2])
+        return ((tile, tile) if tile else tuple(image_shape[:2])) + (image_shape[2],)
+
+    def inference_tile(self, settings, height, width, training_tile=None):
+        """None to predict whole images; else the tile side for overlapping tiles."""
+        step = self.size_multiple(settings)
+        if not self.fully_convolutional or (height % step == 0 and width % step == 0):
+            return None
+        return training_tile or step * 16
+
+
+MODELS = {}
+
+
+def register(model):
+    MODELS[model.name] = model
+    return model
+
+
+def get(name):
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r} (known: {', '.join(MODELS)})") from None
 
 
 def build(model_spec, input_shape, num_classes, input_dtype="uint8"):
-    """A tf_keras model for a ModelSpec; the dataset gives input shape, pixel type and class count."""
-    if model_spec.name == "unet":
-        return build_unet(input_shape, model_spec.depth, model_spec.filters, model_spec.output, model_spec.dropout,
-                          input_dtype)
-    if model_spec.name == "mnist_cnn":
-        return build_mnist_cnn(input_shape, num_classes, model_spec.dropout, input_dtype)
-    return build_lenet5(input_shape, num_classes, input_dtype)
+    """The tf_keras model of a job spec's model section, for the dataset's input shape, pixel type and class count."""
+    return get(model_spec.name).build(model_spec.settings, input_shape, num_classes, input_dtype)
+
+
+from hpctrain.models import cnn, unet  # noqa: E402  (they register themselves)

@@ -5,26 +5,36 @@ convolution up, concatenated with the skip connection; dropout 0.5 at the bottom
 output layer.
 Depth 5 with 64 base filters (64..1024) has 31.0 M parameters.
 """
-from hpctrain import compat
+from typing import Literal
+
+from pydantic import Field
+
+from hpctrain import compat, models, tasks
 from hpctrain.models.pixels import pixel_input
 
-keras = compat.keras()
+
+class UNetSettings(models.Settings):
+    depth: int = Field(5, ge=2, le=7)            # levels
+    filters: int = Field(64, ge=1)               # filters of the first level, doubled per level
+    output: Literal["sigmoid", "softmax"] = "sigmoid"
+    dropout: float = Field(0.5, ge=0, lt=1)
 
 
-class Upsample2x(keras.layers.Layer):
+def upsample2x(x):
     """UpSampling2D(2) (nearest) as a broadcast and a reshape: the same values, and XLA can compile its
     gradient (it has no kernel for ResizeNearestNeighborGrad, so `train.xla` failed with UpSampling2D)."""
-
-    def call(self, x):
-        tf = compat.tf()
-        b, h, w = tf.unstack(tf.shape(x)[:3])
-        c = x.shape[-1]
-        x = tf.broadcast_to(x[:, :, None, :, None, :], [b, h, 2, w, 2, c])
-        return tf.reshape(x, [b, 2 * h, 2 * w, c])
+    tf = compat.tf()
+    b, h, w = tf.unstack(tf.shape(x)[:3])
+    c = x.shape[-1]
+    x = tf.broadcast_to(x[:, :, None, :, None, :], [b, h, 2, w, 2, c])
+    return tf.reshape(x, [b, 2 * h, 2 * w, c])
 
 
-def build_unet(input_shape=(256, 256, 1), depth=5, filters=64, output="sigmoid", dropout=0.5, input_dtype="uint8"):
+def build_unet(settings, input_shape=(256, 256, 1), num_classes=2, input_dtype="uint8"):
+    """The U-Net for 2 classes: `settings.output` decides one sigmoid channel or a 2-class softmax."""
+    keras = compat.keras()
     layers = keras.layers
+    depth, filters, dropout = settings.depth, settings.filters, settings.dropout
 
     def conv_block(x, n):
         for _ in range(2):
@@ -42,9 +52,13 @@ def build_unet(input_shape=(256, 256, 1), depth=5, filters=64, output="sigmoid",
             x = layers.MaxPooling2D(2)(x)
     for level in reversed(range(depth - 1)):
         n = filters * 2 ** level
-        x = layers.Conv2D(n, 2, activation="relu", padding="same", kernel_initializer="he_normal")(Upsample2x()(x))
+        x = layers.Conv2D(n, 2, activation="relu", padding="same", kernel_initializer="he_normal")(layers.Lambda(upsample2x)(x))
         x = conv_block(layers.Concatenate()([skips[level], x]), n)
-    classes, activation = (1, "sigmoid") if output == "sigmoid" else (2, "softmax")
+    classes, activation = (1, "sigmoid") if settings.output == "sigmoid" else (2, "softmax")
     # float32 output keeps the loss numerically safe under mixed precision.
     outputs = layers.Conv2D(classes, 1, activation=activation, dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"unet_d{depth}_f{filters}")
+
+
+models.register(models.Model("unet", tasks.SEGMENTATION, UNetSettings, build_unet, fully_convolutional=True,
+                             example_side=256, size_multiple=lambda s: 2 ** (s.depth - 1)))

@@ -1,6 +1,6 @@
 """`hpctrain report RUN_DIR... -o OUT`: how much faster is N workers than 1, and is it worth it.
 
-Reads each run's timing.json (and metrics.jsonl) and writes OUT/report.md, report.csv, report.json and
+Reads each run's timing.json (hpctrain.train.timing.Timing) and metrics.jsonl and writes OUT/report.md, report.csv, report.json and
 plots. Runs are compared only when they differ in nothing but the worker count; otherwise they fall into
 separate groups, each reported on its own, never mixed.
 
@@ -13,79 +13,66 @@ import io
 import json
 from pathlib import Path
 
-from hpctrain.atomic import atomic_output, write_text
+from hpctrain.atomic import write_text
 from hpctrain.errors import UserError
-
-# What may differ between runs of one comparison: the worker count and what follows from it.
-_SCALED = {"world_size", "processes", "nodes", "per_worker_batch", "global_batch", "steps_per_epoch"}
-_COMPARED = ("job", "model", "parameters", "dataset", "split", "tile", "backend", "precision", "xla",
-             "lr_scaling", "epochs", "warmup_steps")
+from hpctrain.rundir import RunDir
+from hpctrain.train.timing import Timing
 
 
 def load_run(run_dir):
-    run_dir = Path(run_dir)
-    path = run_dir / "timing.json"
-    try:
-        timing = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{run_dir} is not a finished run (no timing.json)") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    if timing.get("complete") is False:
-        raise UserError(f"{run_dir} was stopped before its end (continue it with --resume)")
-    missing = [k for k in ("world_size", "global_batch", "throughput", *_COMPARED) if k not in timing]
-    if missing:
-        raise UserError(f"{path} lacks {', '.join(missing)}")
-    metrics_path = run_dir / "metrics.jsonl"
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
-    return {"run": str(run_dir), "timing": timing, "final": rows[-1] if rows else {}}
+    run = RunDir(run_dir)
+    timing = Timing.read(run)
+    if timing is None:
+        raise UserError(f"{run.path} is not a finished run (no {run.timing.name})")
+    if not timing.complete:
+        raise UserError(f"{run.path} was stopped before its end (continue it with --resume)")
+    rows = run.history()
+    return {"run": str(run.path), "timing": timing, "final": rows[-1] if rows else {}}
 
 
 def group(runs):
     """Runs grouped by everything but the worker count, in first-seen order."""
     groups = {}
     for run in runs:
-        key = tuple((k, json.dumps(run["timing"].get(k))) for k in _COMPARED)
-        groups.setdefault(key, []).append(run)
+        groups.setdefault(run["timing"].comparison_key(), []).append(run)
     return list(groups.values())
 
 
 def _mode(runs):
-    per_worker = {r["timing"]["per_worker_batch"] for r in runs}
-    global_ = {r["timing"]["global_batch"] for r in runs}
+    per_worker = {r["timing"].per_worker_batch for r in runs}
+    global_ = {r["timing"].global_batch for r in runs}
     if len(per_worker) == 1:
         return "weak"
     if len(global_) == 1:
         return "strong"
-    raise UserError("runs of " + runs[0]["timing"]["job"] + " change both the per-worker and the global batch "
+    raise UserError("runs of " + runs[0]["timing"].job + " change both the per-worker and the global batch "
                     f"({sorted(per_worker)} / {sorted(global_)}); compare weak or strong scaling, not both")
 
 
 def table(runs):
     """One row per run of a group, sorted by worker count, with speedup and efficiency."""
-    runs = sorted(runs, key=lambda r: r["timing"]["world_size"])
-    sizes = [r["timing"]["world_size"] for r in runs]
+    runs = sorted(runs, key=lambda r: r["timing"].world_size)
+    sizes = [r["timing"].world_size for r in runs]
     if len(set(sizes)) != len(sizes):
-        raise UserError(f"two runs of {runs[0]['timing']['job']} have the same worker count {sizes}: "
+        raise UserError(f"two runs of {runs[0]['timing'].job} have the same worker count {sizes}: "
                         "give one run per worker count")
     mode = _mode(runs)
     base = runs[0]["timing"]
-    base_tp = (base["throughput"] or {}).get("samples_per_s")
+    base_tp = (base.throughput or {}).get("samples_per_s")
     rows = []
     for r in runs:
         t = r["timing"]
-        tp = t["throughput"] or {}
-        n = t["world_size"]
+        tp = t.throughput or {}
+        n = t.world_size
         speedup = tp.get("samples_per_s") / base_tp if base_tp and tp.get("samples_per_s") else None
-        epochs = t.get("epoch_times") or []
-        reached = (t.get("target") or {}).get("reached")
+        epochs = t.epoch_times or []
         rows.append({
-            "workers": n, "nodes": t.get("nodes", 1), "global_batch": t["global_batch"],
+            "workers": n, "nodes": t.nodes, "global_batch": t.global_batch,
             "samples_per_s": tp.get("samples_per_s"), "ci95": tp.get("samples_per_s_ci95"),
             "speedup": speedup,
-            "efficiency": speedup / (n / base["world_size"]) if speedup else None,
+            "efficiency": speedup / (n / base.world_size) if speedup else None,
             "epoch_time": sum(epochs[1:]) / len(epochs[1:]) if len(epochs) > 1 else (epochs[0] if epochs else None),
-            "train_time": t.get("train_time"), "time_to_target": reached["seconds"] if reached else None,
+            "train_time": t.train_time, "time_to_target": t.target_seconds,
             "final": {k: v for k, v in r["final"].items() if k != "epoch"}, "run": r["run"],
         })
     return mode, rows
@@ -99,10 +86,10 @@ def build(run_dirs):
     for runs_of_group in group(runs):
         mode, rows = table(runs_of_group)
         t = runs_of_group[0]["timing"]
-        report.append({"job": t["job"], "backend": t["backend"], "model": t["model"], "mode": mode,
-                       "per_worker_batch": sorted({r["timing"]["per_worker_batch"] for r in runs_of_group}),
-                       "target": t.get("target", {}).get("metric"), "target_value": t.get("target", {}).get("value"),
-                       "environment": t.get("environment", {}), "rows": rows})
+        report.append({"job": t.job, "backend": t.backend, "model": t.model, "mode": mode,
+                       "per_worker_batch": sorted({r["timing"].per_worker_batch for r in runs_of_group}),
+                       "target": (t.target or {}).get("metric"), "target_value": (t.target or {}).get("value"),
+                       "environment": t.environment or {}, "rows": rows})
     return report
 
 
@@ -160,9 +147,10 @@ def missing_runs(run_dirs):
     """The run folders without a finished timing.json: failed, cancelled, stopped or never started."""
     def finished(d):
         try:
-            return json.loads((Path(d) / "timing.json").read_text()).get("complete", True)
-        except (OSError, ValueError):
+            timing = Timing.read(RunDir(d))
+        except UserError:
             return False
+        return timing is not None and timing.complete
     return [d for d in run_dirs if not finished(d)]
 
 

@@ -1,0 +1,51 @@
+"""What a model learns and how it is judged. A task owns its loss and training metrics, how a trained
+model's outputs are computed and scored, and the file its predictions are written to. A model names
+its task (hpctrain.models); a dataset file's kind (hpctrain.data) is the name of the task it serves.
+
+    task.compile_args(model)                 -> loss, metrics for Keras compile
+    task.validation_batch(batch_size)        -> per-replica batch of validation
+    task.outputs(model, images, tile)        -> what is scored and written (probabilities)
+    task.score(outputs, targets, classes)    -> metrics dict
+    task.write_prediction(path, outputs, classes)
+"""
+
+
+class Task:
+    name = None
+    has_features = False  # a penultimate 'features' layer worth a t-SNE map
+
+    def compile_args(self, model):
+        raise NotImplementedError
+
+    def validation_batch(self, batch_size):
+        return batch_size
+
+    def outputs(self, model, images, tile=None):
+        raise NotImplementedError
+
+    def score(self, outputs, targets, class_names):
+        raise NotImplementedError
+
+    def write_prediction(self, path, outputs, class_names):
+        raise NotImplementedError
+
+
+TASKS = {}
+
+
+def register(task):
+    """Adds a task (an instance) under its name; returns it."""
+    TASKS[task.name] = task
+    return task
+
+
+def get(name):
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r} (known: {', '.join(TASKS)})") from None
+
+
+from hpctrain.tasks import classification, segmentation  # noqa: E402  (they register themselves)
+
+SEGMENTATION, CLASSIFICATION = segmentation.TASK, classification.TASK

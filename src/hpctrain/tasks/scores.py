@@ -10,9 +10,9 @@ from skimage.metrics import adapted_rand_error
 from sklearn.metrics import confusion_matrix
 
 from hpctrain.errors import UserError
+from hpctrain.tasks.segmentation import NVIDIA_EPS
 
 SEGMENTATION_CLASSES = ("membrane", "cell")
-NVIDIA_EPS = 1e-6
 
 
 def segmentation_metrics(prob, truth, class_names=SEGMENTATION_CLASSES, threshold=0.5):

@@ -161,7 +161,7 @@ class Checkpointer(keras.callbacks.Callback):
 
 
 class MetricsLog(keras.callbacks.Callback):
-    """metrics.csv and metrics.jsonl, one row per epoch, rewritten atomically after every epoch."""
+    """metrics.csv and metrics.jsonl of a RunDir, one row per epoch, rewritten atomically after every epoch."""
 
     def __init__(self, run_dir, history=()):
         super().__init__()
@@ -171,8 +171,8 @@ class MetricsLog(keras.callbacks.Callback):
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
         keys = list(dict.fromkeys(k for r in self.rows for k in r))
-        with atomic_output(self.run_dir / "metrics.csv") as tmp:
+        with atomic_output(self.run_dir.metrics_csv) as tmp:
             tmp.write_text("\n".join([",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys)
                                                          for r in self.rows]) + "\n")
-        with atomic_output(self.run_dir / "metrics.jsonl") as tmp:
+        with atomic_output(self.run_dir.metrics_jsonl) as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows))

@@ -1,13 +1,13 @@
-"""Checkpoints: model, optimizer, data position (epoch, step in epoch) and random-generator state in one
-tf.train.Checkpoint. tf.train.CheckpointManager writes each checkpoint under a new name and then swaps
-its small index file atomically, so a crash leaves the previous checkpoint intact.
-
-Layout in a run folder: checkpoints/last/ (newest) and checkpoints/best/ (best monitored metric).
+"""Checkpoints: model, optimizer (whose step counter gives the data position), the best monitored value
+and random-generator state in one tf.train.Checkpoint. tf.train.CheckpointManager writes each checkpoint
+under a new name and then swaps its small index file atomically, so a crash leaves the previous
+checkpoint intact. In a run folder: RunDir.last (newest) and RunDir.best (best monitored metric).
 """
 from pathlib import Path
 
 from hpctrain import compat
 from hpctrain.errors import UserError
+from hpctrain.rundir import RunDir
 
 
 class TrainState:
@@ -57,16 +57,16 @@ def latest(directory):
 
 
 def find_run(path):
-    """(run folder, checkpoint prefix) for a run folder or a checkpoint prefix inside one."""
+    """(RunDir, checkpoint prefix) for a run folder or a checkpoint prefix inside one."""
     path = Path(path)
-    if (path / "spec.toml").is_file():
-        prefix = latest(path / "checkpoints" / "best") or latest(path / "checkpoints" / "last")
+    run = RunDir.containing(path)
+    if run is None:
+        raise UserError(f"{path} is neither a run folder (with spec.toml) nor a checkpoint inside one")
+    if run.path == path:
+        prefix = latest(run.best) or latest(run.last)
         if prefix is None:
             raise UserError(f"{path} holds no checkpoint")
-        return path, prefix
-    for parent in path.parents:
-        if (parent / "spec.toml").is_file():
-            if not Path(f"{path}.index").is_file():
-                raise UserError(f"{path} is not a checkpoint (no {path.name}.index)")
-            return parent, str(path)
-    raise UserError(f"{path} is neither a run folder (with spec.toml) nor a checkpoint inside one")
+        return run, prefix
+    if not Path(f"{path}.index").is_file():
+        raise UserError(f"{path} is not a checkpoint (no {path.name}.index)")
+    return run, str(path)

@@ -9,7 +9,7 @@ def describe(job):
 
         info = dataset_info(job.data.path)
         channels, classes, dtype = info["channels"], info["num_classes"], info["dtype"]
-    side = job.data.tile or (256 if job.model.name == "unet" else 28)
+    side = job.data.tile or models.get(job.model.name).example_side
     model = models.build(job.model, (side, side, channels), classes, dtype)
     return (f"{spec_mod.to_toml(job)}\n# model {model.name}: {model.count_params():,} parameters "
             f"(input {side}x{side}x{channels})")

@@ -1,19 +1,92 @@
-"""timing.json and curves.png of a run: what the scaling report reads.
+"""timing.json and curves.png of a run: what the scaling report reads. `Timing` defines timing.json's
+fields, once.
 
 Throughput is global samples per second of each training step after the warm-up steps; its spread is
-reported as the standard deviation and the 95 % interval of the mean (1.96 sigma / sqrt(n)), the way
-Horovod's synthetic benchmark states it.
+reported as the standard deviation of the per-step figures and the 95 % interval of their mean
+(1.96 sigma / sqrt(n); Horovod's synthetic benchmark states 1.96 sigma, the spread of single steps).
 """
+import dataclasses
 import json
 import os
 import platform
 import socket
+from typing import ClassVar
 
 import numpy as np
 import psutil
 
 from hpctrain import __version__, compat
 from hpctrain.atomic import atomic_output, write_text
+from hpctrain.errors import UserError
+
+
+@dataclasses.dataclass
+class Timing:
+    """One run's figures, as timing.json holds them."""
+    complete: bool              # False: a signal stopped the run (continue it with --resume)
+    attempts: int               # runs of the job that made these figures (1 + resumptions)
+    job: str
+    model: str
+    parameters: int
+    dataset: str
+    split: str
+    tile: int | None
+    backend: str
+    world_size: int             # data-parallel replicas
+    processes: int
+    nodes: int
+    per_worker_batch: int
+    global_batch: int
+    lr_scaling: str
+    precision: str
+    xla: bool
+    steps_per_epoch: int
+    epochs: int
+    warmup_steps: int
+    throughput: dict | None     # throughput_stats()
+    step_times: list
+    epoch_times: list
+    train_time: float
+    wall_time: float
+    first_step_at: float | None  # Unix time of the first training step
+    startup_seconds: float | None  # from this process's start to the first step
+    target: dict                # {"metric", "value", "reached": {"epoch", "seconds", "value"} or None}
+    environment: dict
+
+    # Runs of one comparison differ in nothing but the worker count and what follows from it.
+    SCALED: ClassVar = ("world_size", "processes", "nodes", "per_worker_batch", "global_batch", "steps_per_epoch")
+    COMPARED: ClassVar = ("job", "model", "parameters", "dataset", "split", "tile", "backend", "precision", "xla",
+                          "lr_scaling", "epochs", "warmup_steps")
+
+    def comparison_key(self):
+        return tuple((k, json.dumps(getattr(self, k))) for k in self.COMPARED)
+
+    @property
+    def target_seconds(self):
+        reached = (self.target or {}).get("reached")
+        return reached["seconds"] if reached else None
+
+    @classmethod
+    def from_dict(cls, data, source="timing.json"):
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data]
+        if missing:
+            raise UserError(f"{source} lacks {', '.join(missing)}")
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def read(cls, run_dir):
+        """The Timing of a run folder (RunDir), or None when it has no timing.json."""
+        path = run_dir.timing
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {path}: {e}") from None
+        return cls.from_dict(data, str(path))
+
+    def write(self, run_dir):
+        write_text(run_dir.timing, json.dumps(dataclasses.asdict(self), indent=2))
 
 
 def throughput_stats(step_times, global_batch, warmup):
@@ -31,69 +104,53 @@ def throughput_stats(step_times, global_batch, warmup):
 
 def environment(backend):
     tf = compat.tf()
-    env = {"hpctrain": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
-           "keras": compat.keras().__version__, "host": socket.gethostname(),
-           "gpus": len(tf.config.list_physical_devices("GPU")), "cpus_available": len(os.sched_getaffinity(0)),
-           "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-           "launcher": backend.cluster.launcher, "job_id": backend.cluster.job_id}
-    if backend.name == "horovod":
-        import horovod
-
-        env["horovod"] = horovod.__version__
-    return env
+    return {"hpctrain": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": compat.keras().__version__, **backend.versions(), "host": socket.gethostname(),
+            "gpus": len(tf.config.list_physical_devices("GPU")), "cpus_available": len(os.sched_getaffinity(0)),
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "launcher": backend.cluster.launcher, "job_id": backend.cluster.job_id}
 
 
 def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, earlier=None):
-    """timing.json's content. `complete`: False when a signal stopped the run; its resumption passes the
-    stopped attempt's timing as `earlier`, so the figures cover every step of the run."""
+    """The Timing of a run. `complete`: False when a signal stopped the run; its resumption passes the
+    stopped attempt's Timing as `earlier`, so the figures cover every step of the run."""
     global_batch = spec.train.batch_size * backend.replicas
     if earlier:
-        timer.step_times = earlier["step_times"] + timer.step_times
-        timer.epoch_times = earlier["epoch_times"] + timer.epoch_times
-        wall += earlier["wall_time"]
-        timer.target_reached = (earlier.get("target") or {}).get("reached") or timer.target_reached
-    return {
-        "complete": complete, "attempts": (earlier or {}).get("attempts", 0) + 1,
-        "job": spec.name, "model": spec.model.name, "parameters": int(model.count_params()),
-        "dataset": str(spec.data.path), "split": spec.data.split, "tile": spec.data.tile,
-        "backend": backend.name, "world_size": backend.replicas, "processes": backend.size,
-        "nodes": backend.cluster.num_nodes, "per_worker_batch": spec.train.batch_size,
-        "global_batch": global_batch, "lr_scaling": spec.distribute.lr_scaling,
-        "precision": spec.train.precision, "xla": spec.train.xla,
-        "steps_per_epoch": steps_per_epoch, "epochs": spec.train.epochs, "warmup_steps": spec.train.warmup_steps,
-        "throughput": throughput_stats(timer.step_times, global_batch, spec.train.warmup_steps),
-        "step_times": timer.step_times, "epoch_times": timer.epoch_times,
-        "train_time": float(sum(timer.epoch_times)), "wall_time": float(wall),
-        # Unix time of the first training step, and seconds from this process's start to it.
-        "first_step_at": timer.first_step_at,
-        "startup_seconds": timer.first_step_at - psutil.Process().create_time() if timer.first_step_at else None,
-        "target": {"metric": spec.train.target_metric, "value": spec.train.target_value,
-                   "reached": timer.target_reached},
-        "environment": environment(backend),
-    }
-
-
-def write(run_dir, report):
-    write_text(run_dir / "timing.json", json.dumps(report, indent=2))
-
-
-def read(run_dir):
-    path = run_dir / "timing.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+        timer.step_times = earlier.step_times + timer.step_times
+        timer.epoch_times = earlier.epoch_times + timer.epoch_times
+        wall += earlier.wall_time
+        timer.target_reached = (earlier.target or {}).get("reached") or timer.target_reached
+    return Timing(
+        complete=complete, attempts=(earlier.attempts if earlier else 0) + 1,
+        job=spec.name, model=spec.model.name, parameters=int(model.count_params()),
+        dataset=str(spec.data.path), split=spec.data.split, tile=spec.data.tile,
+        backend=backend.name, world_size=backend.replicas, processes=backend.size,
+        nodes=backend.cluster.num_nodes, per_worker_batch=spec.train.batch_size,
+        global_batch=global_batch, lr_scaling=spec.distribute.lr_scaling,
+        precision=spec.train.precision, xla=spec.train.xla,
+        steps_per_epoch=steps_per_epoch, epochs=spec.train.epochs, warmup_steps=spec.train.warmup_steps,
+        throughput=throughput_stats(timer.step_times, global_batch, spec.train.warmup_steps),
+        step_times=timer.step_times, epoch_times=timer.epoch_times,
+        train_time=float(sum(timer.epoch_times)), wall_time=float(wall),
+        first_step_at=timer.first_step_at,
+        startup_seconds=timer.first_step_at - psutil.Process().create_time() if timer.first_step_at else None,
+        target={"metric": spec.train.target_metric, "value": spec.train.target_value,
+                "reached": timer.target_reached},
+        environment=environment(backend),
+    )
 
 
 def unfinished(run_dir):
-    """The timing of a run a signal stopped, or None."""
-    report = read(run_dir)
-    return report if report and report.get("complete") is False else None
+    """The Timing of a run a signal stopped, or None."""
+    timing = Timing.read(run_dir)
+    return timing if timing and not timing.complete else None
 
 
 def plot_curves(run_dir):
     """curves.png: loss and every other logged metric per epoch, training and validation side by side."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
+    rows = run_dir.history()
+    if not rows:
         return
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
     names = [k for k in rows[0] if k != "epoch" and not k.startswith("val_") and k != "learning_rate"]
     import matplotlib
 
@@ -111,6 +168,6 @@ def plot_curves(run_dir):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    with atomic_output(run_dir / "curves.png") as tmp:
+    with atomic_output(run_dir.curves) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
