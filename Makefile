@@ -3,12 +3,24 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HPCTRAIN_VENV := $(abspath $(VENV))
 
-.PHONY: setup test demo lock clean
+.PHONY: setup test test-fast lint lint-python demo lock clean
 setup:
 	./install.sh
 
-test: setup
+# Everything CI runs: the linters, then every test.
+test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Unit tests only (no subprocess, no training): seconds, for every edit.
+test-fast: setup
+	$(PY) -m pytest -m fast -q $(PYTEST_ARGS)
+
+lint: lint-python lint-shell
+
+# ruff's rule set and the import layers are in pyproject.toml.
+lint-python: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 demo: setup
 	$(VENV)/bin/hpctrain demo
@@ -23,3 +35,11 @@ lock:
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# shellcheck (pinned in the venv) on every shell file of the project; -x follows `source`, looked up next to
+# each script (templates: common.sh, site.env).
+SHELL_SCRIPTS := install.sh .ci/run $(wildcard containers/*.sh) \
+  $(addprefix src/hpctrain/launch/templates/,common.sh site.env) $(wildcard src/hpctrain/launch/templates/*.sbatch)
+.PHONY: lint-shell
+lint-shell:
+	$(VENV)/bin/shellcheck -x --shell=bash --source-path=SCRIPTDIR $(SHELL_SCRIPTS)

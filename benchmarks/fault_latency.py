@@ -14,10 +14,9 @@ from pathlib import Path
 
 import psutil
 
-from common import HPCTRAIN, pack_mnist
-
 from hpctrain import spec
 
+from common import HPCTRAIN, pack_mnist
 
 
 def rank_of(proc):

@@ -23,10 +23,10 @@ from PIL import Image
 
 from hpctrain import compat
 from hpctrain.data import isbi, pipeline
-from hpctrain.data.augment import AugmentConfig
+from hpctrain.data.augment import AugmentSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = AugmentConfig()  # rotation 20, shifts, shear and zoom 0.05, both flips, nearest fill
+RECIPE = AugmentSpec(enabled=True)  # rotation 20, shifts, shear and zoom 0.05, both flips, nearest fill
 
 
 def measure(batches, batch_size, seconds):
@@ -64,9 +64,9 @@ def keras_batches(path, folder, batch_size):
             (folder / name / "all").mkdir(parents=True)
             for i, array in enumerate(f[name][()]):
                 Image.fromarray(array * (255 if name == "masks" else 1)).save(folder / name / "all" / f"{i}.png")
-    recipe = dict(rotation_range=RECIPE.rotation_range, width_shift_range=RECIPE.width_shift_range,
-                  height_shift_range=RECIPE.height_shift_range, shear_range=RECIPE.shear_range,
-                  zoom_range=RECIPE.zoom_range, horizontal_flip=True, vertical_flip=True, fill_mode="nearest")
+    recipe = dict(rotation_range=RECIPE.rotation, width_shift_range=RECIPE.shift, height_shift_range=RECIPE.shift,
+                  shear_range=RECIPE.shear, zoom_range=RECIPE.zoom, horizontal_flip=True, vertical_flip=True,
+                  fill_mode=RECIPE.fill_mode)
     flows = [keras.preprocessing.image.ImageDataGenerator(**recipe).flow_from_directory(
         folder / name, class_mode=None, color_mode="grayscale", target_size=(512, 512), batch_size=batch_size,
         seed=1) for name in ("images", "masks")]

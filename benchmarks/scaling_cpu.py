@@ -20,11 +20,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import pack_mnist
-
 from hpctrain import spec
 from hpctrain.distribute import backends
 from hpctrain.launch import local as launch
+
+from common import pack_mnist
 
 PLAIN_DEFAULTS = {"OMPI_MCA_mpi_yield_when_idle": "0", "HOROVOD_CYCLE_TIME": "1"}
 SIDE_BY_SIDE = "side by side (2 x 1 worker)"
@@ -64,7 +64,8 @@ def run_case(job, out, label, backend, launcher, workers, env):
     env = {**os.environ, **env, "HPCTRAIN_CORES_PER_WORKER": "1"}
     if label == SIDE_BY_SIDE:  # each its own run folder, on its own core
         procs = [subprocess.Popen([*argv, "--set", f"output.dir={out}-{core}"], env=env,
-                                  stdout=subprocess.DEVNULL, preexec_fn=lambda core=core: os.sched_setaffinity(0, {core}))
+                                  stdout=subprocess.DEVNULL,
+                                  preexec_fn=lambda core=core: os.sched_setaffinity(0, {core}))
                  for core in range(workers)]
         if any(p.wait() for p in procs):
             raise SystemExit(f"{label}: a run failed")

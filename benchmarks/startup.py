@@ -14,10 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import HPCTRAIN, pack_isbi
-
 from hpctrain import spec
 
+from common import HPCTRAIN, pack_isbi
 
 
 def main():

@@ -132,7 +132,8 @@ def main():
     print(f"sgemm peak (numpy, 4096^3)          {peak / 1e9:8.1f} GFLOP/s  ({kernel})")
     print(f"training FLOPs per sample (3 x fwd) {flops / 1e9:8.2f} GFLOP")
     print("| path | samples/s | GFLOP/s | MFU |\n|---|---:|---:|---:|")
-    for name, tp in (("plain tf_keras fit, in-memory random data", plain), ("hpctrain train (HDF5, augmentation)", ours)):
+    for name, tp in (("plain tf_keras fit, in-memory random data", plain),
+                     ("hpctrain train (HDF5, augmentation)", ours)):
         print(f"| {name} | {tp:.3f} | {tp * flops / 1e9:.1f} | {tp * flops / peak:.2f} |")
     # each round's pair ran back to back, so the ratio within a round is the least disturbed by drift
     paired = [o / p - 1 for o, p in zip(runs["ours"], runs["plain"])]

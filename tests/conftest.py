@@ -65,3 +65,13 @@ def write_job(path, **sections):
     from hpctrain import spec
 
     return spec.write(path, **sections)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_process(request, monkeypatch):
+    """A test marked `fast` (make test-fast) fails if it starts a subprocess."""
+    if request.node.get_closest_marker("fast"):
+        def refuse(self, *args, **kwargs):
+            raise AssertionError(f"a fast test started a subprocess: {args[:1]}")
+
+        monkeypatch.setattr(subprocess.Popen, "__init__", refuse)

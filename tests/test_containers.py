@@ -10,10 +10,10 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from spython.main.parse.parsers import SingularityParser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def project_pins():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     for dep in project["dependencies"]:
         name, version = dep.split("==")
-        assert pins.setdefault(_norm(name), version) == version, f"pyproject.toml and requirements.lock differ on {name}"
+        assert pins.setdefault(_norm(name), version) == version, f"pyproject.toml and the lock differ on {name}"
     pins["hpctrain"] = project["version"]
     pins["python"] = project["requires-python"].strip("=.*")
     return pins
@@ -85,13 +85,13 @@ def test_header_and_required_sections(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_runscript_runs_hpctrain_and_environment_sets_the_stack(kind):
+def test_runscript_runs_hpctrain_and_environment_puts_it_on_the_path(kind):
     r = recipe(kind)
     assert r.cmd == 'exec hpctrain "$@"'
     env = dict(line.split("=", 1) for line in r.environ)
     assert env["PATH"].startswith(f"{VENV}/bin:") and env["PATH"].endswith(":$PATH")
-    assert env["TF_USE_LEGACY_KERAS"] == "1" and env["HDF5_USE_FILE_LOCKING"] == "FALSE"
-    assert env["OMPI_MCA_mpi_yield_when_idle"] == "1"
+    # hpctrain sets its TensorFlow, HDF5 and MPI settings itself (hpctrain.compat, the backends): not here too
+    assert not {"TF_USE_LEGACY_KERAS", "HDF5_USE_FILE_LOCKING", "OMPI_MCA_mpi_yield_when_idle"} & set(env)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -12,8 +12,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from conftest import DATA, VENV_BIN, assert_user_error, run_hpctrain
 from hpctrain.data import synthetic
+
+from conftest import DATA, VENV_BIN, assert_user_error, run_hpctrain
 
 ISBI_SHA256 = {  # data/README.md
     "train-volume.tif": "a05df637d576b2387966b7323a34e90e2cdbf86dcaeee86c44d1fd2d616be489",

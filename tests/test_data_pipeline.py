@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from hpctrain.data import pipeline, schema, synthetic
-from hpctrain.data.augment import AugmentConfig
+from hpctrain.data import dataset, packing, pipeline, synthetic
+from hpctrain.data.augment import AugmentSpec
 from hpctrain.errors import UserError
 
 
@@ -91,8 +91,8 @@ def test_uneven_shards_are_cut_to_equal_length(isbi_h5, isbi_arrays):
 
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_resume_gives_the_batches_of_continuing(small_h5, in_memory):
-    kw = dict(rank=1, size=2, batch_size=3, seed=5, tile=40, augment=AugmentConfig(elastic=True, elastic_sigma=16),
-              in_memory=in_memory)
+    kw = dict(rank=1, size=2, batch_size=3, seed=5, tile=40,
+              augment=AugmentSpec(enabled=True, elastic=True, elastic_sigma=16), in_memory=in_memory)
     ds, steps = pipeline.train_dataset(small_h5, "holdout", **kw)
     assert steps == 2  # 16 samples / 2 ranks / batch 3
     continued = batches(ds, 3 * steps)
@@ -110,8 +110,8 @@ def rgb16_h5(small_h5, tmp_path_factory):
     with h5py.File(small_h5, "r") as f:
         images, masks = f["images"][()].astype(np.uint16) * 257, f["masks"][()]
     out = tmp_path_factory.mktemp("rgb16") / "rgb16.h5"
-    with schema.create(out, kind="segmentation", class_names=["membrane", "cell"], label_values=[0, 1], sources=[],
-                       splits=schema.holdout_splits(20)) as writer:
+    with packing.create(out, kind="segmentation", class_names=["membrane", "cell"], label_values=[0, 1], sources=[],
+                        splits=packing.holdout_splits(20)) as writer:
         writer.write("images", np.stack([images, 65535 - images, images // 2], axis=-1))
         writer.write("masks", masks)
     return out
@@ -189,16 +189,56 @@ def test_classification_batches(mnist_h5):
 def test_requests_that_cannot_be_met(isbi_h5):
     cases = [
         (dict(split="fold0", rank=0, size=4, batch_size=7), "world size x batch larger than the split: 4 x 7 > 24"),
-        (dict(split="fold9", rank=0, size=1, batch_size=1), "unknown split 'fold9' (known: all, fold0, fold1"),
+        (dict(split="fold9", rank=0, size=1, batch_size=1),
+         f"{isbi_h5} has no split 'fold9' (it has all, fold0, fold1"),
         (dict(split="fold0", rank=2, size=2, batch_size=1), "rank < size"),
-        (dict(split="fold0", rank=0, size=1, batch_size=1, tile=600), "tile 600 does not fit"),
-        (dict(split="fold0", rank=0, size=1, batch_size=1, augment={"rotation": 5}), "unknown augmentation"),
+        (dict(split="fold0", rank=0, size=1, batch_size=0), "batch_size >= 1"),
+        (dict(split="fold0", rank=0, size=1, batch_size=1, tile=600),
+         f"data.tile 600 does not fit the 512x512 images of {isbi_h5}"),
     ]
     for kw, message in cases:
         with pytest.raises(UserError, match=message.replace("(", r"\(")):
             pipeline.train_dataset(isbi_h5, seed=0, **kw)
     with pytest.raises(UserError, match="split 'all' has no val samples"):
         pipeline.eval_dataset(isbi_h5, "all", batch_size=1)
+
+
+def test_training_counts_check_a_request_once(isbi_h5, mnist_h5):
+    counts = pipeline.training_counts(isbi_h5, "fold0", size=2, batch_size=5, tile=128, kind="segmentation",
+                                      model="unet")
+    assert (counts.train, counts.val, counts.steps_per_epoch) == (24, 6, 2)
+    assert counts.info == pipeline.dataset_info(isbi_h5)
+    for size, batch in ((1, 12), (2, 6), (3, 4), (4, 3)):  # replicas x batch or processes x process batch
+        assert pipeline.training_counts(isbi_h5, "fold0", size=size, batch_size=batch).steps_per_epoch == 2
+    _, steps = pipeline.train_dataset(isbi_h5, "fold0", rank=1, size=3, batch_size=4, seed=0)
+    assert steps == 2
+    cases = [  # the messages the README quotes
+        (dict(split="holdout", kind="segmentation", model="unet"),
+         f"{mnist_h5} holds a classification dataset; model unet needs segmentation"),
+        (dict(split="fold9", kind="classification", model="lenet5"),
+         f"{mnist_h5} has no split 'fold9' (it has all, holdout)"),
+        (dict(split="holdout", size=2, batch_size=4001),
+         "world size x batch larger than the split: 2 x 4001 > 8000 training samples in split 'holdout'"),
+        (dict(split="holdout", tile=32), f"data.tile 32 does not fit the 28x28 images of {mnist_h5}"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(UserError) as raised:
+            pipeline.training_counts(mnist_h5, **{"size": 1, "batch_size": 1, **kw})
+        assert str(raised.value) == message
+
+
+def test_validation_steps(isbi_h5, mnist_h5):
+    fold = pipeline.training_counts(isbi_h5, "fold0", size=1, batch_size=1)  # 6 val samples
+    assert pipeline.validation_steps(fold, 1, 1) == (6, 6)  # one whole slice per step
+    assert pipeline.validation_steps(fold, 4, 1) == (2, 6)  # the last batch is smaller
+    assert pipeline.validation_steps(fold, 1, 4) == (1, 4)  # several local replicas: full batches only
+    assert pipeline.validation_steps(fold, 2, 3) == (1, 6)
+    with pytest.raises(UserError, match=r"^6 validation samples cannot fill 4 replicas x batch 2$"):
+        pipeline.validation_steps(fold, 2, 4)
+    everything = pipeline.training_counts(isbi_h5, "all", size=1, batch_size=1)  # no val samples
+    assert pipeline.validation_steps(everything, 1, 1) == pipeline.validation_steps(everything, 2, 4) == (0, 0)
+    holdout = pipeline.training_counts(mnist_h5, "holdout", size=1, batch_size=1)
+    assert pipeline.validation_steps(holdout, 512, 1) == (4, 2000)
 
 
 BROKEN = {  # name: (change to a valid file, message)
@@ -224,7 +264,7 @@ def test_files_that_break_the_schema_are_refused(tmp_path, small_h5, case):
     with h5py.File(broken, "r+") as f:
         change(f)
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace("[", r"\[")) as raised:
-        schema.open_dataset(broken)
+        dataset.open_dataset(broken)
     assert str(broken) in str(raised.value)
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace("[", r"\[")):
         pipeline.train_dataset(broken, "holdout", rank=0, size=1, batch_size=2, seed=0)
@@ -245,7 +285,7 @@ def test_files_that_are_not_datasets_are_refused(tmp_path, small_h5):
 def test_a_process_exits_with_a_streaming_iterator_alive(small_h5):
     script = ("import sys; from hpctrain.data import pipeline, augment\n"
               "ds, _ = pipeline.train_dataset(sys.argv[1], 'all', rank=0, size=1, batch_size=4, seed=0, tile=32,\n"
-              "                               augment=augment.AugmentConfig(), in_memory=False)\n"
+              "                               augment=augment.AugmentSpec(enabled=True), in_memory=False)\n"
               "it = iter(ds)\n"
               "for _ in range(20): next(it)\n"
               "print('read')\n")

@@ -6,8 +6,11 @@ from hpctrain import compat
 from hpctrain.models import build
 from hpctrain.spec import ModelSpec
 
+pytestmark = pytest.mark.fast
 
-@pytest.mark.parametrize("name, shape", [("unet", (None, None, 1)), ("mnist_cnn", (28, 28, 1)), ("lenet5", (28, 28, 1))])
+
+@pytest.mark.parametrize("name, shape", [("unet", (None, None, 1)), ("mnist_cnn", (28, 28, 1)),
+                                         ("lenet5", (28, 28, 1))])
 @pytest.mark.parametrize("dtype", ["uint8", "uint16"])
 def test_models_scale_integer_pixels_to_the_unit_range(name, shape, dtype):
     spec = ModelSpec(name=name, **({"unet": {"depth": 3, "filters": 4}} if name == "unet" else {}))

@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_hpctrain
 from hpctrain.launch import local as launch
+
+from conftest import run_hpctrain
 
 WORKER = Path(__file__).parent / "workers" / "stack_check.py"
 

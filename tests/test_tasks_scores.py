@@ -6,6 +6,8 @@ from hpctrain.evaluate.table import format_table
 from hpctrain.tasks.scores import classification_metrics, rand_error, segmentation_metrics, soft_dice
 from hpctrain.tasks.segmentation import dice_metric
 
+pytestmark = pytest.mark.fast
+
 RNG = np.random.default_rng(0)
 
 

@@ -7,9 +7,11 @@ from PIL import Image
 from scipy import ndimage
 
 from hpctrain.errors import UserError
+from hpctrain.evaluate.tsne import plot_tsne
 from hpctrain.tasks.files import as_pixel_type, read_input_volume, write_class_csv, write_isbi_tiff
 from hpctrain.tasks.tiling import predict_tiled, predict_volume
-from hpctrain.evaluate.tsne import plot_tsne
+
+pytestmark = pytest.mark.fast
 
 RNG = np.random.default_rng(0)
 

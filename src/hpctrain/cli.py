@@ -133,24 +133,25 @@ def cmd_demo(args):
 def cmd_pack(args):
     import importlib
 
-    from hpctrain.data import schema
+    from hpctrain.data.dataset import open_dataset
+    from hpctrain.data.describe import summary
 
     packer = importlib.import_module(f"hpctrain.data.{args.format.removesuffix('-em')}")  # synthetic-em: synthetic
     options = {k: v for k, v in vars(args).items() if k not in ("command", "format", "func", "output")}
-    with schema.open_dataset(packer.pack(args.output, **options)) as ds:
-        print(f"wrote {schema.summary(ds)}")
+    with open_dataset(packer.pack(args.output, **options)) as ds:
+        print(f"wrote {summary(ds)}")
 
 
 def cmd_inspect(args):
-    from hpctrain.data import schema
+    from hpctrain.data.describe import describe
 
-    print(schema.describe(args.file))
+    print(describe(args.file))
 
 
 def cmd_verify(args):
-    from hpctrain.data import schema
+    from hpctrain.data.verify import verify
 
-    print(schema.verify(args.file))
+    print(verify(args.file))
 
 def _add_spec_arguments(p):
     from hpctrain.distribute import backends
@@ -200,7 +201,7 @@ def build_parser():
 
     p = sub.add_parser("predict", help="U-Net: TIFF stack -> float32 TIFF of P(non-membrane); CNN: -> CSV")
     p.add_argument("model", help="run folder or checkpoint prefix")
-    p.add_argument("--input", required=True, help="TIFF stack (U-Net) or IDX/TIFF images (CNN)")
+    p.add_argument("--input", required=True, help="a TIFF image or stack of grey levels")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=cmd_predict)

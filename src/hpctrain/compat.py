@@ -1,7 +1,8 @@
 """The one place where TensorFlow 2.18, Keras 2 (tf_keras) and Horovod 0.28.1 are made to fit.
 
-Every hpctrain module that needs TensorFlow imports it through `tf()`, so the settings below
-are in force before TensorFlow is first loaded and users never have to set them:
+`import hpctrain` imports this module first, and every hpctrain module that needs TensorFlow
+imports it through `tf()`, so the settings below are in force before TensorFlow or h5py is first
+loaded, in every process of every launcher, and users (or images, or job scripts) never set them:
 
 - TF_USE_LEGACY_KERAS=1 makes `tf.keras` the Keras 2 of the tf_keras package. Keras 3 breaks
   Horovod ('Variable' object has no attribute 'ref') and MultiWorkerMirroredStrategy

@@ -12,9 +12,10 @@ JOB = "jobs/unet_isbi_cpu.toml"
 
 
 def run(out="runs/demo", data_dir="data/isbi2012", workers=(1, 2), backend="horovod"):
-    from hpctrain.launch import sweep
     from hpctrain.data import isbi
-    from hpctrain.evaluate import run as evaluation, table
+    from hpctrain.evaluate import run as evaluation
+    from hpctrain.evaluate import table
+    from hpctrain.launch import sweep
 
     out, data_dir = Path(out), Path(data_dir)
     if not Path(JOB).is_file() or not data_dir.is_dir():

@@ -4,29 +4,30 @@ A spec is the whole description of a training run; the same file runs on 1 CPU o
 only `distribute.backend` (or `--backend`) changes.
 """
 import copy
-import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import tomllib
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SkipValidation,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from hpctrain.errors import UserError
+from hpctrain import models
+from hpctrain.data.augment import AugmentSpec
+from hpctrain.distribute import backends
+from hpctrain.errors import UserError, one_of
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class AugmentSpec(_Section):
-    """Random transforms applied identically to image and mask (segmentation only)."""
-    enabled: bool = False
-    rotation: float = Field(20.0, ge=0, le=180)   # degrees
-    shift: float = Field(0.05, ge=0, lt=1)        # fraction of width/height
-    shear: float = Field(0.05, ge=0, lt=90)       # degrees
-    zoom: float = Field(0.05, ge=0, lt=1)
-    horizontal_flip: bool = True
-    vertical_flip: bool = True
-    elastic: bool = False
 
 
 class DataSpec(_Section):
@@ -39,11 +40,31 @@ class DataSpec(_Section):
 
 
 class ModelSpec(_Section):
-    name: Literal["unet", "mnist_cnn", "lenet5"]
-    depth: int = Field(5, ge=2, le=7)            # U-Net levels
-    filters: int = Field(64, ge=1)               # U-Net base filters
-    output: Literal["sigmoid", "softmax"] = "sigmoid"
-    dropout: float = Field(0.5, ge=0, lt=1)
+    """[model]: a model of hpctrain.models by name; its own settings in the table [model.<name>]."""
+    name: str
+    settings: SkipValidation[models.Settings]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_table(cls, raw):
+        if not isinstance(raw, dict) or "name" not in raw or isinstance(raw.get("settings"), models.Settings):
+            return raw
+        try:
+            entry = models.get(raw["name"])
+        except ValueError as e:
+            raise PydanticCustomError("model_name", f"model.name: {e}") from None
+        flat = [k for k, v in raw.items() if k != "name" and not (k in models.MODELS and isinstance(v, dict))]
+        if flat:  # the layout before model tables, or a typo
+            raise PydanticCustomError("model_table", f"model.{flat[0]}: settings of model {entry.name} belong in "
+                                      f"its table [model.{entry.name}] (move {', '.join(flat)} there)")
+        try:
+            return {"name": entry.name, "settings": entry.settings.model_validate(raw.get(entry.name, {}))}
+        except ValidationError as e:
+            raise PydanticCustomError("model_settings", _problem(e, f"model.{entry.name}.")) from None
+
+    @model_serializer
+    def _as_tables(self):
+        return {"name": self.name, self.name: self.settings.model_dump(mode="json")}
 
 
 class TrainSpec(_Section):
@@ -63,11 +84,20 @@ class TrainSpec(_Section):
 
 
 class DistributeSpec(_Section):
-    backend: Literal["none", "horovod", "mirrored", "multiworker"] = "none"
+    backend: str = "none"                        # a backend of hpctrain.distribute.backends
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"  # learning rate x workers (or sqrt), or as is
     warmup_epochs: float = Field(0.0, ge=0)      # ramp from the 1-worker rate (Goyal et al. 2017)
     devices: int = Field(1, ge=1)                # mirrored: replicas in the one process (logical CPUs here)
     sync_every: int = Field(10, ge=1)            # steps between the ranks' agreement on a stop signal
+
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, name):
+        if name not in backends.BACKENDS:
+            raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                      {"expected": one_of(map(repr, backends.BACKENDS))})
+        return name
 
 
 class OutputSpec(_Section):
@@ -88,9 +118,9 @@ class JobSpec(_Section):
     def _consistent(self):
         if (self.train.target_metric is None) != (self.train.target_value is None):
             raise ValueError("train.target_metric and train.target_value go together")
-        if self.model.name == "unet" and self.data.tile is not None and self.data.tile % 2 ** (self.model.depth - 1):
-            raise ValueError(f"data.tile must be a multiple of {2 ** (self.model.depth - 1)} for a "
-                             f"U-Net of depth {self.model.depth}")
+        multiple = models.get(self.model.name).size_multiple(self.model.settings)
+        if self.data.tile is not None and self.data.tile % multiple:
+            raise ValueError(f"data.tile must be a multiple of {multiple} for model {self.model.name}")
         return self
 
 
@@ -118,18 +148,23 @@ def apply_overrides(raw, overrides):
     return raw
 
 
-def _describe(error, source):
+def _problem(error, prefix=""):
+    """The first problem of a ValidationError in one line, its keys prefixed."""
     first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "spec"
+    where = prefix + ".".join(str(p) for p in first["loc"]) or "spec"
     if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key {where}"
+        return f"unknown key {where}"
     if first["type"] == "missing":
-        return f"{source}: missing key {where}"
-    if first["type"] == "value_error":  # a rule across keys: its message names them
-        return f"{source}: {first['msg'].removeprefix('Value error, ')}"
+        return f"missing key {where}"
+    if first["type"] in ("value_error", "model_name", "model_table", "model_settings"):  # messages that name their keys
+        return first["msg"].removeprefix("Value error, ")
     got = first.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{source}: {where}: {first['msg']}{shown}"
+    return f"{where}: {first['msg']}{shown}"
+
+
+def _describe(error, source):
+    return f"{source}: {_problem(error)}"
 
 
 def validate(raw, source="spec"):
@@ -155,16 +190,24 @@ def load(path, overrides=()):
 
 def to_toml(spec):
     """The resolved spec as TOML (saved into every run folder)."""
-    return _toml(spec.model_dump(mode="json", exclude_none=True))
+    return dumps(spec.model_dump(mode="json", exclude_none=True))
 
 
-def _toml(data, prefix=""):
+def write(path, **sections):
+    """Writes a job spec file from {section: {key: value}} (tests, benchmarks); returns the path."""
+    path = Path(path)
+    path.write_text(dumps(sections))
+    return path
+
+
+def dumps(data, prefix=""):
+    """TOML of a dict of scalars, lists and tables."""
     scalars = [(k, v) for k, v in data.items() if not isinstance(v, dict)]
     tables = [(k, v) for k, v in data.items() if isinstance(v, dict)]
     lines = [f"{k} = {_toml_value(v)}" for k, v in scalars]
     for k, v in tables:
         name = f"{prefix}{k}"
-        lines += ["", f"[{name}]", *_toml(v, name + ".").splitlines()]
+        lines += ["", f"[{name}]", *dumps(v, name + ".").splitlines()]
     return "\n".join(line for line in lines).strip() + "\n"
 
 

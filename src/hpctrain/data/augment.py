@@ -12,57 +12,39 @@ the same coordinates (twice as fast as ImageProjectiveTransformV3 for an image a
 Everything random comes from `draws` with a per-sample stateless seed, so a sample's transform
 depends only on (seed, epoch, sample index): deterministic, resumable, independent of the world size.
 """
-import dataclasses
 import functools
 import math
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from hpctrain import compat
-from hpctrain.errors import UserError
 
-FILL_MODES = ("nearest", "reflect", "wrap", "constant")
 _NUM_UNIFORMS = 10  # rotation, 2 shifts, shear, 2 zooms, 2 flips, 2 crop offsets
 
 
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    rotation_range: float = 20.0  # degrees, uniform in [-r, r]
-    width_shift_range: float = 0.05  # fraction of the width
-    height_shift_range: float = 0.05  # fraction of the height
-    shear_range: float = 0.05  # degrees
-    zoom_range: float = 0.05  # scale per axis uniform in [1 - z, 1 + z]
+class AugmentSpec(BaseModel):
+    """Random transforms applied identically to image and mask (`[data.augment]` of a job spec); a
+    disabled spec (the default) means no augmentation."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    enabled: bool = False
+    rotation: float = Field(20.0, ge=0, le=180)   # degrees, uniform in [-r, r]
+    shift: float = Field(0.05, ge=0, lt=1)        # fraction of the width and of the height
+    shear: float = Field(0.05, ge=0, lt=90)       # degrees
+    zoom: float = Field(0.05, ge=0, lt=1)         # scale per axis uniform in [1 - z, 1 + z]
     horizontal_flip: bool = True
     vertical_flip: bool = True
-    fill_mode: str = "nearest"  # where the transform reaches outside the image
+    fill_mode: Literal["nearest", "reflect", "wrap", "constant"] = "nearest"  # outside the image
     elastic: bool = False
-    elastic_alpha: float = 10.0  # std of the grid displacements, pixels
-    elastic_sigma: float = 64.0  # grid spacing, pixels
-
-    def __post_init__(self):
-        if self.fill_mode not in FILL_MODES:
-            raise UserError(f"unknown fill_mode {self.fill_mode!r} (known: {', '.join(FILL_MODES)})")
-        ranges = ("rotation_range", "width_shift_range", "height_shift_range", "shear_range", "zoom_range",
-                  "elastic_alpha")
-        for name in ranges:
-            if getattr(self, name) < 0:
-                raise UserError(f"augmentation {name} must not be negative")
-        if self.zoom_range >= 1 or self.elastic_sigma <= 0:
-            raise UserError("augmentation zoom_range must be below 1 and elastic_sigma positive")
+    elastic_alpha: float = Field(10.0, ge=0)      # std of the grid displacements, pixels
+    elastic_sigma: float = Field(64.0, gt=0)      # grid spacing, pixels
 
     @classmethod
-    def of(cls, value):
-        """An AugmentConfig from None (no augmentation), a config, or a mapping of its fields."""
-        if value is None or isinstance(value, cls):
-            return value
-        unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise UserError(f"unknown augmentation settings: {', '.join(sorted(unknown))}")
-        return cls(**value)
-
-
-CROP_ONLY = AugmentConfig(rotation_range=0, width_shift_range=0, height_shift_range=0, shear_range=0, zoom_range=0,
-                          horizontal_flip=False, vertical_flip=False)
+    def crop_only(cls):
+        """Random tile crops alone: enabled, every transform off."""
+        return cls(enabled=True, rotation=0, shift=0, shear=0, zoom=0, horizontal_flip=False, vertical_flip=False)
 
 
 def draws(epoch_seed, indices, config, out_hw):
@@ -105,10 +87,10 @@ def affine_matrices(uniform, config, in_hw, out_hw):
     s = [2 * v - 1 for v in u]  # each in [-1, 1)
     in_h, in_w = (tf.cast(n, tf.float32) for n in tf.unstack(in_hw))
     out_h, out_w = (float(n) for n in out_hw)
-    theta = s[0] * math.radians(config.rotation_range)
-    shift_y, shift_x = s[1] * config.height_shift_range * in_h, s[2] * config.width_shift_range * in_w
-    shear = s[3] * math.radians(config.shear_range)
-    zoom_y, zoom_x = 1 + s[4] * config.zoom_range, 1 + s[5] * config.zoom_range
+    theta = s[0] * math.radians(config.rotation)
+    shift_y, shift_x = s[1] * config.shift * in_h, s[2] * config.shift * in_w
+    shear = s[3] * math.radians(config.shear)
+    zoom_y, zoom_x = 1 + s[4] * config.zoom, 1 + s[5] * config.zoom
     flip_y = tf.where(u[6] < 0.5, -1.0, 1.0) if config.vertical_flip else 1.0
     flip_x = tf.where(u[7] < 0.5, -1.0, 1.0) if config.horizontal_flip else 1.0
     # integer crop offsets, so that a crop alone copies pixels exactly

@@ -15,7 +15,7 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from hpctrain.atomic import check_new_output
-from hpctrain.data import schema
+from hpctrain.data import packing, schema
 from hpctrain.errors import UserError
 
 SUFFIXES = (".png", ".tif", ".tiff")
@@ -31,23 +31,23 @@ def pack(out, *, images, masks, test=None, class_names=DEFAULT_CLASS_NAMES, forc
     if len(class_names) != 2:
         raise UserError(f"two class names are needed, not {len(class_names)}")
     first = read_image(image_files[0])
-    sources = [schema.files_source(str(images), image_files, "images"),
-               schema.files_source(str(masks), mask_files, "masks")]
+    sources = [packing.files_source(str(images), image_files, "images"),
+               packing.files_source(str(masks), mask_files, "masks")]
     if test_files:
-        sources.append(schema.files_source(str(test), test_files, "test_images"))
+        sources.append(packing.files_source(str(test), test_files, "test_images"))
 
-    with schema.create(out, kind="segmentation", class_names=list(class_names), label_values=None,
-                       sources=sources, splits=schema.holdout_splits(len(image_files)),
-                       force=force, compression=compression) as writer:
+    with packing.create(out, kind="segmentation", class_names=list(class_names), label_values=None,
+                        sources=sources, splits=packing.holdout_splits(len(image_files)),
+                        force=force, compression=compression) as writer:
         writer.create("images", len(image_files), first.shape, first.dtype)
         writer.create("masks", len(mask_files), first.shape[:2], np.uint8)
         values = set()
         for image_file, mask_file in zip(image_files, mask_files):
             writer.append("images", _like(read_image(image_file), first, image_file, image_files[0]))
             mask = read_mask(mask_file, first.shape[:2])
-            values |= schema.present_values(mask)
+            values |= packing.present_values(mask)
             writer.append("masks", (mask != 0).astype(np.uint8))
-        writer.meta["label_values"] = schema.binary_values(values, mask.dtype, masks)
+        writer.meta["label_values"] = packing.binary_values(values, mask.dtype, masks)
         if test_files:
             writer.create("test_images", len(test_files), first.shape, first.dtype)
             for test_file in test_files:

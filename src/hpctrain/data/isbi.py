@@ -10,7 +10,7 @@ import numpy as np
 import tifffile
 
 from hpctrain.atomic import check_new_output
-from hpctrain.data import schema
+from hpctrain.data import packing, schema
 from hpctrain.errors import UserError
 
 CLASS_NAMES = ["membrane", "cell"]
@@ -25,19 +25,19 @@ def pack(out, *, volume, labels, test=None, force=False, compression=None):
     if raw_labels.shape != images.shape:
         raise UserError(f"{volume} slices are {schema.shape_text(images.shape[1:])} but {labels} slices are "
                         f"{schema.shape_text(raw_labels.shape[1:])}")
-    label_values = schema.binary_values(schema.present_values(raw_labels), raw_labels.dtype, labels)
-    sources = [schema.file_source(volume, "images"), schema.file_source(labels, "masks")]
+    label_values = packing.binary_values(packing.present_values(raw_labels), raw_labels.dtype, labels)
+    sources = [packing.file_source(volume, "images"), packing.file_source(labels, "masks")]
     test_images = None
     if test:
         test_images = read_stack(test)
         if test_images.shape[1:] != images.shape[1:] or test_images.dtype != images.dtype:
             raise UserError(f"{test}: {schema.shape_text(test_images.shape)} {test_images.dtype} does not match "
                             f"{volume} ({schema.shape_text(images.shape)} {images.dtype})")
-        sources.append(schema.file_source(test, "test_images"))
+        sources.append(packing.file_source(test, "test_images"))
 
-    with schema.create(out, kind="segmentation", class_names=CLASS_NAMES, label_values=label_values,
-                       sources=sources, splits=schema.fold_splits(len(images)),
-                       force=force, compression=compression) as writer:
+    with packing.create(out, kind="segmentation", class_names=CLASS_NAMES, label_values=label_values,
+                        sources=sources, splits=packing.fold_splits(len(images)),
+                        force=force, compression=compression) as writer:
         writer.write("images", images)
         writer.write("masks", (raw_labels != 0).astype(np.uint8))
         if test_images is not None:

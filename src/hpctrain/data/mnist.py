@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from hpctrain.atomic import check_new_output
-from hpctrain.data import schema
+from hpctrain.data import packing, schema
 from hpctrain.errors import UserError
 
 IMAGES_MAGIC = 2051  # unsigned bytes, 3 dimensions
@@ -25,9 +25,9 @@ def pack(out, *, images, labels, force=False, compression=None):
         raise UserError(f"{images} has {len(digits)} images but {labels} has {len(targets)} labels")
     if targets.max(initial=0) >= len(CLASS_NAMES):
         raise UserError(f"{labels}: label {targets.max()} is not a digit 0-9")
-    with schema.create(out, kind="classification", class_names=CLASS_NAMES, label_values=list(range(10)),
-                       sources=[schema.file_source(images, "images"), schema.file_source(labels, "labels")],
-                       splits=schema.holdout_splits(len(digits)), force=force, compression=compression) as writer:
+    with packing.create(out, kind="classification", class_names=CLASS_NAMES, label_values=list(range(10)),
+                        sources=[packing.file_source(images, "images"), packing.file_source(labels, "labels")],
+                        splits=packing.holdout_splits(len(digits)), force=force, compression=compression) as writer:
         writer.write("images", digits)
         writer.write("labels", targets)
     return out

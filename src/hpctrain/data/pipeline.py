@@ -16,6 +16,7 @@ Batches hold the stored types: x [B, h, w, C] integer pixels (e.g. uint8); y [B,
 ids (segmentation) or [B] uint8 class ids. The models scale pixels to [0, 1] in their first layer, so
 the pipeline does no arithmetic and a batch crosses to the device at a quarter of its float32 size.
 """
+import dataclasses
 import functools
 import sys
 
@@ -23,8 +24,8 @@ import h5py
 import numpy as np
 
 from hpctrain import compat
-from hpctrain.data import augment as augmentation
-from hpctrain.data import schema
+from hpctrain.data.augment import AugmentSpec, draws, transform
+from hpctrain.data.dataset import open_dataset
 from hpctrain.errors import UserError
 
 IN_MEMORY_LIMIT = 1 << 30
@@ -33,36 +34,78 @@ IN_MEMORY_LIMIT = 1 << 30
 def dataset_info(path):
     """kind, image_shape (H, W, C), channels, dtype, num_classes, class_names, count, test_count and
     splits {name: {"train": n, "val": n}}."""
-    with schema.open_dataset(path) as ds:
+    with open_dataset(path) as ds:
         return _info(ds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    """What training on a split can count on, checked by training_counts."""
+    info: dict            # dataset_info of the file
+    train: int            # training samples of the split
+    val: int              # validation samples of the split
+    steps_per_epoch: int  # batches per process and epoch, equal on all ranks
+
+
+def training_counts(path, split, *, size, batch_size, tile=None, kind=None, model=None):
+    """Checks that `path` can train on `split` and counts the steps; raises UserError otherwise.
+
+    size x batch_size is the global batch: replicas x per-replica batch, or equally processes x
+    per-process batch. tile: the random crop, None = whole images. kind: the kind of dataset that
+    `model` (a name, for the message) needs; None = any.
+    """
+    if size < 1 or batch_size < 1:
+        raise UserError(f"need size >= 1 and batch_size >= 1 (got size {size}, batch {batch_size})")
+    with open_dataset(path) as ds:
+        info = _info(ds)
+        if kind is not None and info["kind"] != kind:
+            raise UserError(f"{path} holds a {info['kind']} dataset; model {model} needs {kind}")
+        train, val = (len(ds.split(split, subset)) for subset in ("train", "val"))  # or "has no split"
+    steps = train // (size * batch_size)
+    if steps == 0:
+        raise UserError(f"world size x batch larger than the split: {size} x {batch_size} > "
+                        f"{train} training samples in split {split!r}")
+    height, width = info["image_shape"][:2]
+    if tile is not None and not 1 <= tile <= min(height, width):
+        raise UserError(f"data.tile {tile} does not fit the {height}x{width} images of {path}")
+    return Counts(info, train, val, steps)
+
+
+def validation_steps(counts, val_batch, local_replicas):
+    """(steps, samples used) of one pass over the split's val samples, val_batch per replica and step,
+    every process validating all of them; (0, 0) without val samples. A process with several local
+    replicas (tf.distribute) needs full batches, so it leaves out the last n % (val_batch x
+    local_replicas) samples; otherwise the last batch may be smaller."""
+    n = counts.val
+    if local_replicas == 1:
+        return -(-n // val_batch), n
+    steps = n // (val_batch * local_replicas)
+    if n and steps == 0:
+        raise UserError(f"{n} validation samples cannot fill {local_replicas} replicas x batch {val_batch}")
+    return steps, steps * val_batch * local_replicas
 
 
 def train_dataset(path, split, *, rank, size, batch_size, seed, tile=None, augment=None,
                   start_epoch=0, start_step=0, in_memory=None):
-    """Infinite dataset of batches (x, y) for this rank, and steps_per_epoch (equal on all ranks).
+    """Infinite dataset of batches (x, y) for this rank (of `size` processes), and steps_per_epoch
+    (equal on all ranks).
 
     split e.g. "fold0" (uses splits/fold0/train); tile: random tile x tile crops, None = whole images;
-    augment: an AugmentConfig (or a mapping of its fields), None = no augmentation; in_memory: None =
-    automatic (below 1 GiB).
+    augment: an AugmentSpec, None or disabled = no augmentation; in_memory: None = automatic (below
+    1 GiB).
     """
     tf = compat.tf()
-    with schema.open_dataset(path) as ds:
-        info = _info(ds)
+    if not (0 <= rank < size and start_epoch >= 0 and start_step >= 0):
+        raise UserError(f"need 0 <= rank < size and a start >= 0 "
+                        f"(got rank {rank}, size {size}, start {start_epoch}/{start_step})")
+    counts = training_counts(path, split, size=size, batch_size=batch_size, tile=tile)
+    info, steps = counts.info, counts.steps_per_epoch
+    with open_dataset(path) as ds:
         indices = ds.split(split, "train")
-    if not (0 <= rank < size and batch_size >= 1 and start_epoch >= 0 and start_step >= 0):
-        raise UserError(f"need 0 <= rank < size, batch_size >= 1 and a start >= 0 "
-                        f"(got rank {rank}, size {size}, batch {batch_size}, start {start_epoch}/{start_step})")
-    steps = len(indices) // size // batch_size
-    if steps == 0:
-        raise UserError(f"world size x batch larger than the split: {size} x {batch_size} > "
-                        f"{len(indices)} training samples in split {split!r}")
-    config = augmentation.AugmentConfig.of(augment)
+    if augment is None or not augment.enabled:
+        augment = AugmentSpec.crop_only() if tile else None
     height, width = info["image_shape"][:2]
-    if tile is not None and not 1 <= tile <= min(height, width):
-        raise UserError(f"tile {tile} does not fit the {height}x{width} images")
     out_hw = (tile, tile) if tile else (height, width)
-    if tile and not config:
-        config = augmentation.CROP_ONLY
     source = _source(path, in_memory)
     start_epoch, start_step = start_epoch + start_step // steps, start_step % steps
     per_epoch = steps * batch_size
@@ -75,19 +118,19 @@ def train_dataset(path, split, *, rank, size, batch_size, seed, tile=None, augme
         return tf.data.Dataset.from_tensor_slices({"index": mine, "epoch": tf.fill([steps], e)})
 
     def with_draws(batch):
-        draws = augmentation.draws(tf.stack([seed, batch["epoch"]]), batch["index"], config, out_hw)
-        return {"index": batch["index"], "draws": draws}
+        epoch_seed = tf.stack([seed, batch["epoch"]])
+        return {"index": batch["index"], "draws": draws(epoch_seed, batch["index"], augment, out_hw)}
 
     def prepared(batch):
         x, y = _model_inputs(batch, info["kind"])
-        if not config:
+        if augment is None:
             return x, y
         segmentation = info["kind"] == "segmentation"
-        x, masks = augmentation.transform(x, y if segmentation else None, batch["draws"], config, out_hw)
+        x, masks = transform(x, y if segmentation else None, batch["draws"], augment, out_hw)
         return x, masks if segmentation else y
 
     indices = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch).skip(start_step)
-    indices = indices.map(with_draws) if config else indices.map(lambda b: {"index": b["index"]})
+    indices = indices.map(with_draws) if augment is not None else indices.map(lambda b: {"index": b["index"]})
     return _finish(source.read(indices).map(prepared, num_parallel_calls=tf.data.AUTOTUNE)), steps
 
 
@@ -95,7 +138,7 @@ def eval_dataset(path, split, *, batch_size, subset="val", in_memory=None):
     """Finite dataset of batches (x, y) of whole images in index order, without augmentation; the last
     batch may be smaller."""
     tf = compat.tf()
-    with schema.open_dataset(path) as ds:
+    with open_dataset(path) as ds:
         info = _info(ds)
         indices = ds.split(split, subset)
     if len(indices) == 0:
@@ -145,7 +188,7 @@ def _finish(batches):
 
 def _source(path, in_memory):
     """Where batches read their samples from: memory, or the file's chunks."""
-    with schema.open_dataset(path) as ds:
+    with open_dataset(path) as ds:
         if in_memory or (in_memory is None and ds.images.nbytes + ds.targets.nbytes < IN_MEMORY_LIMIT):
             stat = ds.path.stat()
             return _memory_source(ds.path.resolve(), stat.st_mtime_ns, stat.st_size)
@@ -162,7 +205,7 @@ class _MemorySource:
 
     def __init__(self, path):
         tf = compat.tf()
-        with schema.open_dataset(path) as ds, tf.device("/CPU:0"):  # host memory, also on GPU machines
+        with open_dataset(path) as ds, tf.device("/CPU:0"):  # host memory, also on GPU machines
             self.images, self.targets = tf.constant(ds.images[()]), tf.constant(ds.targets[()])
 
     def read(self, batches):

@@ -6,7 +6,7 @@ from pathlib import Path
 import h5py
 
 from hpctrain.atomic import atomic_output
-from hpctrain.data import schema
+from hpctrain.data import dataset, schema
 from hpctrain.errors import UserError
 
 
@@ -22,7 +22,7 @@ def stage_to_node(path, stage_dir, *, local_rank, barrier):
     error = None
     if local_rank == 0:
         try:
-            schema.open_dataset(source).close()
+            dataset.open_dataset(source).close()
             if _identity(target) != _identity(source):
                 stage_dir.mkdir(parents=True, exist_ok=True)
                 with atomic_output(target, force=True) as tmp:

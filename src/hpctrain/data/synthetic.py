@@ -10,7 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from hpctrain.atomic import check_new_output
-from hpctrain.data import schema
+from hpctrain.data import packing
 from hpctrain.errors import UserError
 
 CLASS_NAMES = ["membrane", "cell"]
@@ -22,8 +22,8 @@ def pack(out, *, count, size, seed, force=False, compression=None):
     if count < 1 or size < MIN_SIZE:
         raise UserError(f"need --count >= 1 and --size >= {MIN_SIZE} (got {count} and {size})")
     source = {"name": f"synthetic-em count={count} size={size} seed={seed}", "sha256": None, "role": "generator"}
-    with schema.create(out, kind="segmentation", class_names=CLASS_NAMES, label_values=[0, 1], sources=[source],
-                       splits=schema.holdout_splits(count), force=force, compression=compression) as writer:
+    with packing.create(out, kind="segmentation", class_names=CLASS_NAMES, label_values=[0, 1], sources=[source],
+                        splits=packing.holdout_splits(count), force=force, compression=compression) as writer:
         writer.create("images", count, (size, size), np.uint8)
         writer.create("masks", count, (size, size), np.uint8)
         for i in range(count):

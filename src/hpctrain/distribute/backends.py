@@ -24,8 +24,9 @@ from typing import NamedTuple
 from hpctrain import compat
 from hpctrain.distribute import cluster as cluster_mod
 from hpctrain.errors import UserError, one_of
+from hpctrain.registry import Registry
 
-BACKENDS = {}
+BACKENDS = Registry("backend")
 
 
 class SlurmLayout(NamedTuple):
@@ -81,7 +82,7 @@ class Backend:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
-            BACKENDS[cls.name] = cls
+            BACKENDS.add(cls)
 
     def __init__(self, cluster, spec):
         self.cluster, self.spec = cluster, spec
@@ -182,7 +183,7 @@ class Backend:
         os._exit(code)
 
 
-BACKENDS[Backend.name] = Backend
+BACKENDS.add(Backend)
 
 
 class HorovodBackend(Backend):

@@ -4,7 +4,8 @@ import json
 
 import numpy as np
 
-from hpctrain import compat, models, spec as spec_mod
+from hpctrain import compat, models
+from hpctrain import spec as spec_mod
 from hpctrain.atomic import write_text
 from hpctrain.errors import UserError
 

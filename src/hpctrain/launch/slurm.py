@@ -43,7 +43,8 @@ class Job:
 
 
 def templates_dir(env=None):
-    """The folder of the templates and common.sh: $HPCTRAIN_SLURM_DIR, else the repository's slurm/."""
+    """The folder of the templates and common.sh: $HPCTRAIN_SLURM_DIR, else the package's own templates next to
+    this module (hpctrain/launch/templates, package data of the wheel; slurm/ in a checkout links to it)."""
     env = os.environ if env is None else env
     if env.get("HPCTRAIN_SLURM_DIR"):
         return Path(env["HPCTRAIN_SLURM_DIR"]).resolve()

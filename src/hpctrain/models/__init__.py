@@ -7,6 +7,8 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict
 
+from hpctrain.registry import Registry
+
 
 class Settings(BaseModel):
     """Base of a model's own settings: unknown keys are refused."""
@@ -37,19 +39,8 @@ class Model:
         return training_tile or step * 16
 
 
-MODELS = {}
-
-
-def register(model):
-    MODELS[model.name] = model
-    return model
-
-
-def get(name):
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r} (known: {', '.join(MODELS)})") from None
+MODELS = Registry("model")
+register, get = MODELS.add, MODELS.named
 
 
 def build(model_spec, input_shape, num_classes, input_dtype="uint8"):
@@ -57,4 +48,4 @@ def build(model_spec, input_shape, num_classes, input_dtype="uint8"):
     return get(model_spec.name).build(model_spec.settings, input_shape, num_classes, input_dtype)
 
 
-from hpctrain.models import cnn, unet  # noqa: E402  (they register themselves)
+from hpctrain.models import cnn, unet  # noqa: E402, F401  (they register themselves)

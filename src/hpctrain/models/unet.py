@@ -52,7 +52,8 @@ def build_unet(settings, input_shape=(256, 256, 1), num_classes=2, input_dtype="
             x = layers.MaxPooling2D(2)(x)
     for level in reversed(range(depth - 1)):
         n = filters * 2 ** level
-        x = layers.Conv2D(n, 2, activation="relu", padding="same", kernel_initializer="he_normal")(layers.Lambda(upsample2x)(x))
+        x = layers.Lambda(upsample2x)(x)
+        x = layers.Conv2D(n, 2, activation="relu", padding="same", kernel_initializer="he_normal")(x)
         x = conv_block(layers.Concatenate()([skips[level], x]), n)
     classes, activation = (1, "sigmoid") if settings.output == "sigmoid" else (2, "softmax")
     # float32 output keeps the loss numerically safe under mixed precision.

@@ -1,8 +1,8 @@
 """`hpctrain report RUN_DIR... -o OUT`: how much faster is N workers than 1, and is it worth it.
 
-Reads each run's timing.json (hpctrain.train.timing.Timing) and metrics.jsonl and writes OUT/report.md, report.csv, report.json and
-plots. Runs are compared only when they differ in nothing but the worker count; otherwise they fall into
-separate groups, each reported on its own, never mixed.
+Reads each run's timing.json (hpctrain.train.timing.Timing) and metrics.jsonl and writes OUT/report.md,
+report.csv, report.json and plots. Runs are compared only when they differ in nothing but the worker
+count; otherwise they fall into separate groups, each reported on its own, never mixed.
 
 - weak scaling (per-worker batch fixed):  efficiency = throughput(N) / (N/N0 x throughput(N0))
 - strong scaling (global batch fixed):    the same ratio; it equals time(N0) / (N/N0 x time(N)) there

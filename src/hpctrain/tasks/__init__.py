@@ -8,6 +8,7 @@ its task (hpctrain.models); a dataset file's kind (hpctrain.data) is the name of
     task.score(outputs, targets, classes)    -> metrics dict
     task.write_prediction(path, outputs, classes)
 """
+from hpctrain.registry import Registry
 
 
 class Task:
@@ -30,20 +31,8 @@ class Task:
         raise NotImplementedError
 
 
-TASKS = {}
-
-
-def register(task):
-    """Adds a task (an instance) under its name; returns it."""
-    TASKS[task.name] = task
-    return task
-
-
-def get(name):
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r} (known: {', '.join(TASKS)})") from None
+TASKS = Registry("task")
+register, get = TASKS.add, TASKS.named  # a task instance, under its name
 
 
 from hpctrain.tasks import classification, segmentation  # noqa: E402  (they register themselves)

@@ -1,5 +1,6 @@
 """`hpctrain train --dry-run`: the resolved spec and the model's size, without data or training."""
-from hpctrain import models, spec as spec_mod
+from hpctrain import models
+from hpctrain import spec as spec_mod
 
 
 def describe(job):

@@ -11,7 +11,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpctrain import compat, models, spec as spec_mod
+from hpctrain import compat, models
+from hpctrain import spec as spec_mod
 from hpctrain.atomic import write_text
 from hpctrain.errors import TrainingFailed, UserError
 from hpctrain.rundir import RunDir
@@ -84,10 +85,8 @@ class _Data:
         from hpctrain.data import pipeline
 
         path = _data_path(spec, backend)
-        index, count = backend.input_shard
-        counts = pipeline.training_counts(path, spec.data.split, kind=entry.task.name, model=entry.name, size=count,
-                                          batch_size=spec.train.batch_size * backend.local_replicas,
-                                          tile=spec.data.tile)
+        counts = pipeline.training_counts(path, spec.data.split, kind=entry.task.name, model=entry.name,
+                                          size=backend.replicas, batch_size=spec.train.batch_size, tile=spec.data.tile)
         steps = min(counts.steps_per_epoch, spec.train.steps_per_epoch or counts.steps_per_epoch)
         validation_steps = None
         if spec.train.validation and counts.val:
@@ -105,10 +104,9 @@ class _Data:
 
         index, count = backend.input_shard
         B = spec.train.batch_size
-        augment = spec.data.augment if spec.data.augment.enabled else None
         ds, _ = pipeline.train_dataset(self.path, spec.data.split, rank=index, size=count,
                                        batch_size=B * backend.local_replicas, seed=spec.train.seed,
-                                       tile=spec.data.tile, augment=augment, in_memory=spec.data.in_memory,
+                                       tile=spec.data.tile, augment=spec.data.augment, in_memory=spec.data.in_memory,
                                        start_epoch=step // self.natural_steps, start_step=step % self.natural_steps)
         return backend.distribute(ds, B)
 

@@ -1,0 +1,40 @@
+"""What a dataset file holds, for people: `hpctrain inspect` (describe) and the one-line summary."""
+import numpy as np
+
+from hpctrain.data.dataset import open_dataset
+from hpctrain.data.schema import DATA_ARRAYS, array_text, shape_text
+
+
+def summary(ds):
+    """One line about an open Dataset: kind, samples, splits, content hash."""
+    return (f"{ds.path}: {ds.kind}, {len(ds.images)} samples of {shape_text(ds.images.shape[1:])} {ds.images.dtype}, "
+            f"splits {', '.join(ds.split_names)}, content_sha256 {ds.file.attrs['content_sha256']}")
+
+
+def describe(path):
+    """A human-readable summary: arrays, classes and their balance, splits, provenance."""
+    with open_dataset(path) as ds:
+        attrs = ds.file.attrs
+        lines = [f"{ds.path}  ({ds.path.stat().st_size / 1e6:.1f} MB, schema {attrs['schema_version']}, "
+                 f"written by hpctrain {attrs.get('hpctrain_version', '?')} at {attrs.get('created', '?')})",
+                 f"kind: {ds.kind}"]
+        for name in DATA_ARRAYS:
+            if name in ds.file:
+                array = ds.file[name]
+                chunks = shape_text(array.chunks) if array.chunks else "none"
+                lines.append(f"{name}: {array_text(array)}, chunks {chunks}, compression {array.compression or 'none'}")
+        counts = np.array(ds.attr_json("class_counts"), np.float64)
+        unit = "pixels" if ds.kind == "segmentation" else "samples"
+        lines.append(f"classes ({unit}):")
+        for i, (name, raw, count) in enumerate(zip(ds.class_names, ds.label_values, counts)):
+            lines.append(f"  {i} {name} (raw value {raw}): {100 * count / max(counts.sum(), 1):.1f} %")
+        lines.append("splits:")
+        for name in ds.split_names:
+            lines.append(f"  {name}: train {len(ds.file['splits'][name]['train'])}, "
+                         f"val {len(ds.file['splits'][name]['val'])}")
+        lines.append("sources:")
+        for source in ds.sources:
+            extra = f", {source['files']} files" if "files" in source else ""
+            lines.append(f"  {source['role']}: {source['name']} (sha256 {source.get('sha256')}{extra})")
+        lines.append(f"content_sha256: {attrs['content_sha256']}")
+        return "\n".join(lines)
