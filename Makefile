@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HPCTRAIN_VENV := $(abspath $(VENV))
 
-.PHONY: setup test test-fast lint lint-python demo lock clean
+.PHONY: setup test test-fast lint lint-python lint-shell demo lock clean
 setup:
 	./install.sh
 
@@ -22,6 +22,13 @@ lint-python: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
 
+# shellcheck (pinned in the venv) on every shell file of the project; -x follows `source`, looked up next to
+# each script (templates: common.sh, site.env).
+SHELL_SCRIPTS := install.sh .ci/run $(wildcard containers/*.sh) \
+  $(addprefix src/hpctrain/launch/templates/,common.sh site.env) $(wildcard src/hpctrain/launch/templates/*.sbatch)
+lint-shell: setup
+	$(VENV)/bin/shellcheck -x --shell=bash --source-path=SCRIPTDIR $(SHELL_SCRIPTS)
+
 demo: setup
 	$(VENV)/bin/hpctrain demo
 
@@ -35,11 +42,3 @@ lock:
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
-
-# shellcheck (pinned in the venv) on every shell file of the project; -x follows `source`, looked up next to
-# each script (templates: common.sh, site.env).
-SHELL_SCRIPTS := install.sh .ci/run $(wildcard containers/*.sh) \
-  $(addprefix src/hpctrain/launch/templates/,common.sh site.env) $(wildcard src/hpctrain/launch/templates/*.sbatch)
-.PHONY: lint-shell
-lint-shell:
-	$(VENV)/bin/shellcheck -x --shell=bash --source-path=SCRIPTDIR $(SHELL_SCRIPTS)

@@ -10,10 +10,10 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 from spython.main.parse.parsers import SingularityParser
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,17 +7,18 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 import tomllib
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import ROOT, VENV_BIN, assert_user_error, run_hpctrain, write_job
 
-pytestmark = pytest.mark.slow
-
-SLURM = ROOT / "slurm"
+SLURM = ROOT / "slurm"  # the path sbatch users type: a symlink to the package's templates
 HOSTILE = """x" ; touch PWNED ; echo "$(touch PWNED) `touch PWNED` 'q' ;"""
 WAIT = 420  # seconds a job may take on a loaded 2-core machine
 
@@ -112,6 +113,7 @@ def jobs(slurm, mnist_h5, tmp_path_factory):
     return submitted
 
 
+@pytest.mark.slow
 def test_requeue_after_the_warning_signal_resumes_to_the_same_weights(slurm, jobs, mnist_h5, tmp_path):
     """USR1 to the batch shell (what --signal=B:USR1@120 sends before the time limit) mid-training: the ranks
     checkpoint and exit 75, the job requeues itself and resumes; the weights equal an uninterrupted run."""
@@ -146,6 +148,7 @@ def test_requeue_after_the_warning_signal_resumes_to_the_same_weights(slurm, job
         np.testing.assert_allclose(y, x, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_cluster_detection_in_real_slurm_environments(slurm, jobs):
     """What srun sets in a step (SLURM_STEP_ID, SLURM_STEP_*) and the batch script lacks, as measured."""
     from hpctrain.distribute import cluster
@@ -169,6 +172,7 @@ def test_cluster_detection_in_real_slurm_environments(slurm, jobs):
         assert (ranked.launcher, ranked.rank, ranked.size, ranked.job_id) == ("mpirun", rank, 2, job_id)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_template_trains_and_logs_header_and_end(slurm, jobs, template):
     job_id, folder = jobs[template]
@@ -189,6 +193,7 @@ def test_template_trains_and_logs_header_and_end(slurm, jobs, template):
         assert (folder / "node-local" / "mnist.h5").is_file()  # HPCTRAIN_STAGE_DIR -> --set data.stage_dir
 
 
+@pytest.mark.slow
 def test_hostile_names_reach_hpctrain_as_data(slurm, jobs):
     job_id, cwd, run_dir, stage, root = jobs["hostile"]
     job = slurm.wait(job_id, WAIT)
@@ -206,6 +211,7 @@ def test_hostile_names_reach_hpctrain_as_data(slurm, jobs):
     assert not list(slurm.root.rglob("PWNED"))
 
 
+@pytest.mark.slow
 def test_submit_sweep_ends_with_the_report(slurm, jobs, tmp_path):
     proc, sweep = jobs["sweep"]
     record = json.loads((sweep / "sweep.json").read_text())
@@ -236,6 +242,7 @@ def test_submit_sweep_ends_with_the_report(slurm, jobs, tmp_path):
     assert run_hpctrain("report", "--allow-missing", tmp_path / "w4", "-o", out).returncode == 1
 
 
+@pytest.mark.slow
 def test_impossible_requests_are_one_line_errors(slurm, mnist_h5, tmp_path):
     spec = tiny_job(tmp_path / "job.toml", mnist_h5, tmp_path / "unused")
     proc = run_hpctrain("submit", spec, "--gpus", "1,9", "--cpus-per-task", 1, "-o", tmp_path / "a", env=slurm.env)
@@ -254,6 +261,7 @@ def test_impossible_requests_are_one_line_errors(slurm, mnist_h5, tmp_path):
                       "sbatch not found")
 
 
+@pytest.mark.slow
 def test_dry_run_prints_commands_that_split_back_to_the_arguments(tmp_path, mnist_h5):
     sweep = tmp_path / f"sweep {HOSTILE}"
     spec = tiny_job(tmp_path / "job.toml", mnist_h5, tmp_path / "unused")
@@ -272,6 +280,7 @@ def test_dry_run_prints_commands_that_split_back_to_the_arguments(tmp_path, mnis
     assert not sweep.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,n,per,cpu,expected", [
     ("horovod", 8, 4, False, (2, 4, 4)),      # one task per GPU, 2 nodes
     ("horovod", 2, 4, False, (1, 2, 2)),
@@ -287,6 +296,7 @@ def test_layout_of_workers_on_nodes(backend, n, per, cpu, expected):
     assert (lay.nodes, lay.tasks_per_node, lay.gpus_per_node) == expected
 
 
+@pytest.mark.slow
 def test_layout_and_template_mistakes_are_user_errors(tmp_path, mnist_h5):
     spec = tiny_job(tmp_path / "job.toml", mnist_h5, tmp_path / "unused")
     assert_user_error(run_hpctrain("submit", spec, "--gpus", "8", "--backend", "mirrored", "--gpus-per-node", 4,
@@ -298,3 +308,53 @@ def test_layout_and_template_mistakes_are_user_errors(tmp_path, mnist_h5):
     assert_user_error(run_hpctrain("submit", spec, "--gpus", "2", "--template", "nope", "--dry-run"),
                       "template 'nope' not found", "horovod-srun")
     assert_user_error(run_hpctrain("submit", spec, "--gpus", "0,x", "--dry-run"), "--gpus takes worker counts")
+
+
+# What hpctrain ships in hpctrain/launch/templates: every template, the shared bash and the site file.
+PACKAGE_FILES = ("common.sh", "site.env", *(f"{t}.sbatch" for t in TEMPLATES), "report.sbatch")
+
+
+def template_files(folder):
+    return sorted({p.name for p in folder.glob("*.sbatch")} | {"common.sh", "site.env"})
+
+
+def test_slurm_folder_is_a_symlink_to_the_package_templates():
+    """slurm/ in a checkout is a relative symlink in git (mode 120000), so `sbatch slurm/x.sbatch` runs the files
+    that `hpctrain submit` uses."""
+    from hpctrain.launch.slurm import templates_dir
+
+    entry = subprocess.run(["git", "ls-files", "-s", "slurm"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert entry[0] == "120000" and entry[-1] == "slurm", entry
+    assert os.readlink(SLURM) == "src/hpctrain/launch/templates"
+    assert SLURM.resolve() == templates_dir({}) == ROOT / "src" / "hpctrain" / "launch" / "templates"
+    assert set(PACKAGE_FILES) <= set(template_files(SLURM))
+    for name in template_files(SLURM):
+        assert (SLURM / name).is_file() and (SLURM / name).resolve() == templates_dir({}) / name
+
+
+def test_wheel_ships_the_templates_where_templates_dir_finds_them(tmp_path):
+    # Built from a clean copy: the checkout's own build/ and *.egg-info would put stale files into the wheel.
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for f in ROOT.iterdir():
+        if f.is_file():
+            shutil.copy(f, tree / f.name)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", tmp_path / "dist", tree], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    [wheel] = (tmp_path / "dist").glob("hpctrain-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = [n for n in template_files(SLURM) if f"hpctrain/launch/templates/{n}" not in names]
+    assert not missing, (missing, sorted(names))
+
+    site = tmp_path / "site"  # the wheel unpacked as an installer would (pure Python: files as they are)
+    zipfile.ZipFile(wheel).extractall(site)
+    proc = subprocess.run([sys.executable, "-c", "from hpctrain.launch.slurm import templates_dir; "
+                           "print(templates_dir({}))"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(site)}, check=True)
+    found = Path(proc.stdout.strip())
+    assert found == site / "hpctrain" / "launch" / "templates"
+    assert template_files(found) == template_files(SLURM)
+    for name in PACKAGE_FILES:
+        assert (found / name).read_bytes() == (SLURM / name).read_bytes()

@@ -4,10 +4,10 @@ A spec is the whole description of a training run; the same file runs on 1 CPU o
 only `distribute.backend` (or `--backend`) changes.
 """
 import copy
+import tomllib
 from pathlib import Path
 from typing import Literal
 
-import tomllib
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -84,7 +84,7 @@ class TrainSpec(_Section):
 
 
 class DistributeSpec(_Section):
-    backend: str = "none"                        # a backend of hpctrain.distribute.backends
+    backend: str = backends.Backend.name         # a backend of hpctrain.distribute.backends (default: none)
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"  # learning rate x workers (or sqrt), or as is
     warmup_epochs: float = Field(0.0, ge=0)      # ramp from the 1-worker rate (Goyal et al. 2017)
     devices: int = Field(1, ge=1)                # mirrored: replicas in the one process (logical CPUs here)

@@ -3,9 +3,10 @@ environment (horovodrun, Open MPI's mpirun, Slurm's srun, TF_CONFIG), the way Li
 ClusterEnvironment does it. Nothing else in hpctrain reads these variables."""
 import json
 import os
-import re
 import socket
 from dataclasses import dataclass, field
+
+import hostlist
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,19 @@ def _int(env, name, default=0):
 
 def slurm_tasks_per_node(spec):
     """Expands Slurm's compressed '2(x3),1' into [2, 2, 2, 1]."""
-    counts = []
-    for part in spec.split(","):
-        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
-        if not m:
-            raise ValueError(f"cannot parse Slurm tasks-per-node {spec!r}")
-        counts += [int(m.group(1))] * int(m.group(2) or 1)
-    return counts
+    try:
+        return hostlist.parse_slurm_tasks_per_node(spec.strip())
+    except hostlist.BadHostlist as e:
+        raise ValueError(f"cannot parse Slurm tasks per node {spec!r}: {e}") from None
+
+
+def expand_hostlist(nodes):
+    """'rack[1-2]-node[01-02],gpu1' -> ['rack1-node01', 'rack1-node02', 'rack2-node01', 'rack2-node02', 'gpu1']
+    (Slurm's hostlist syntax, by python-hostlist)."""
+    try:
+        return hostlist.expand_hostlist(nodes)
+    except hostlist.BadHostlist as e:
+        raise ValueError(f"cannot parse Slurm hostlist {nodes!r}: {e}") from None
 
 
 def detect(env=None):
@@ -56,8 +63,8 @@ def detect(env=None):
                        rank // local_size, -(-size // local_size), job_id)
     if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:  # inside an srun step, not the batch script
         per_node = slurm_tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_TASKS_PER_NODE", "1")))
-        node = _int(env, "SLURM_NODEID")
-        return Cluster("slurm", _int(env, "SLURM_PROCID"), _int(env, "SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", 1)),
+        node, size = _int(env, "SLURM_NODEID"), _int(env, "SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", 1))
+        return Cluster("slurm", _int(env, "SLURM_PROCID"), size,
                        _int(env, "SLURM_LOCALID"), per_node[node] if node < len(per_node) else 1,
                        node, _int(env, "SLURM_STEP_NUM_NODES", env.get("SLURM_NNODES", 1)), job_id,
                        tuple(expand_hostlist(env.get("SLURM_STEP_NODELIST", env.get("SLURM_JOB_NODELIST", "")))))
@@ -82,25 +89,10 @@ def slurm_tf_config(cluster, env=None):
     a port of its own, derived from the job id so that jobs sharing a node do not collide."""
     env = os.environ if env is None else env
     per_node = slurm_tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_TASKS_PER_NODE", "1")))
-    width = max(10, *per_node)
+    width = max([10, *per_node])
     base = 20000 + (int(cluster.job_id or 0) * width) % (40000 - width)
     workers = [f"{host}:{base + i}" for host, n in zip(cluster.hosts, per_node) for i in range(n)]
     if len(workers) != cluster.size:
         raise ValueError(f"Slurm step of {cluster.size} tasks on {list(cluster.hosts)} with tasks per node "
                          f"{per_node}: cannot place every task")
     return json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": cluster.rank}})
-
-
-def expand_hostlist(hostlist):
-    """'node[01-03,07],gpu1' -> ['node01', 'node02', 'node03', 'node07', 'gpu1'] (Slurm's hostlist syntax)."""
-    hosts = []
-    for m in re.finditer(r"([^,\[]+)(?:\[([^\]]+)\])?([^,]*)", hostlist):
-        prefix, ranges, suffix = m.group(1), m.group(2), m.group(3)
-        if not ranges:
-            hosts.append(prefix + suffix)
-            continue
-        for r in ranges.split(","):
-            lo, _, hi = r.partition("-")
-            for i in range(int(lo), int(hi or lo) + 1):
-                hosts.append(f"{prefix}{i:0{len(lo)}d}{suffix}")
-    return hosts

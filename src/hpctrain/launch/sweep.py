@@ -68,8 +68,9 @@ def plan(job_path, counts, folder, backend=None, overrides=(), default_backend=N
     so mistakes surface before anything runs or is queued."""
     overrides, job_path = list(overrides), Path(job_path).resolve()
     spec = spec_mod.load(job_path, overrides + ([f"distribute.backend={backend}"] if backend else []))
-    name = backend or (spec.distribute.backend if spec.distribute.backend != "none" else default_backend)
-    chosen = backends.BACKENDS.get(name or "none")
+    chosen = backends.BACKENDS[backend or spec.distribute.backend]
+    if not chosen.scales() and default_backend and not backend:
+        chosen = backends.BACKENDS[default_backend]
     if not chosen.scales():
         scaling = [n for n, b in backends.BACKENDS.items() if b.scales()]
         raise UserError(f"a scaling sweep needs a distributed backend: --backend {one_of(scaling)}")

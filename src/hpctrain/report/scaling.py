@@ -106,7 +106,7 @@ def markdown(report):
         lines += [f"## {g['job']}: {g['model']}, backend {g['backend']}, {g['mode']} scaling", "",
                   f"Per-worker batch {', '.join(map(str, g['per_worker_batch']))}; "
                   f"TensorFlow {env.get('tensorflow', '?')}"
-                  + (f", Horovod {env['horovod']}" if env.get("horovod") else "")
+                  + "".join(f", {name} {version}" for name, version in env.get("backend_versions", {}).items())
                   + f"; host {env.get('host', '?')}, {env.get('gpus', 0)} GPUs, {env.get('cpus_available', '?')} CPUs"
                   + (f"; target {g['target']} >= {g['target_value']}" if g["target"] else ""), "",
                   "| workers | nodes | global batch | samples/s | ±95 % | speedup | efficiency | epoch s | "

@@ -105,7 +105,7 @@ def throughput_stats(step_times, global_batch, warmup):
 def environment(backend):
     tf = compat.tf()
     return {"hpctrain": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": compat.keras().__version__, **backend.versions(), "host": socket.gethostname(),
+            "keras": compat.keras().__version__, "backend_versions": backend.versions(), "host": socket.gethostname(),
             "gpus": len(tf.config.list_physical_devices("GPU")), "cpus_available": len(os.sched_getaffinity(0)),
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "launcher": backend.cluster.launcher, "job_id": backend.cluster.job_id}

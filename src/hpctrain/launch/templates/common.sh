@@ -1,9 +1,16 @@
 # shellcheck shell=bash
 # Shared by the hpctrain Slurm templates (slurm/*.sbatch): sourced by them, never run on its own.
 #
-# It gives a template:
+# Finding it: Slurm runs a copy of the batch script from its spool folder, so a template looks for common.sh in
+# $HPCTRAIN_SLURM_DIR (`hpctrain submit` sets it), else next to the original script (Command= of `scontrol show
+# job`, the script's path followed by its arguments), else next to the script itself (`bash slurm/x.sbatch`
+# outside Slurm), else in $SLURM_SUBMIT_DIR/slurm. HPCTRAIN_SLURM_DIR is then the folder it was found in.
+#
+# It sets `set -uo pipefail` and gives a template:
 #   HPCTRAIN               the hpctrain command as an array ("${HPCTRAIN[@]}" train ...): apptainer exec --nv
 #                          "$HPCTRAIN_IMAGE" hpctrain when HPCTRAIN_IMAGE is set, else $HPCTRAIN_BIN or hpctrain
+#   hpctrain_begin NAME BACKEND SPEC [ARG...]   what a training template does first: TRAIN_ARGS for --backend
+#                          BACKEND, the header, and for horovod (one rank per GPU) the layout of hpctrain_gpu_layout
 #   hpctrain_header        the job header: id, nodes, tasks, GPUs, restarts, then `hpctrain env`
 #   hpctrain_train_args    TRAIN_ARGS=(train SPEC --resume [--set data.stage_dir=...] [template args] [user args])
 #   hpctrain_gpu_layout    one task per GPU: LAYOUT (srun options), TASKS, TASKS_PER_NODE of the job step
@@ -22,16 +29,15 @@
 #
 # Every value reaches commands as a quoted argument (arrays, "$@"); nothing is ever eval'ed.
 
-HPCTRAIN_SLURM_DIR=${HPCTRAIN_SLURM_DIR:-$(dirname -- "${BASH_SOURCE[0]}")}
+set -uo pipefail
+HPCTRAIN_SLURM_DIR=$(dirname -- "${BASH_SOURCE[0]}")
 
 _hpctrain_site_env=${HPCTRAIN_SITE_ENV:-$HPCTRAIN_SLURM_DIR/site.env}
 if [ -f "$_hpctrain_site_env" ]; then
-  # shellcheck source=/dev/null
+  # shellcheck source=site.env
   source "$_hpctrain_site_env" || { echo "hpctrain: $_hpctrain_site_env failed" >&2; exit 2; }
 fi
 
-# HDF5's file locks fail or serialise readers on Lustre, GPFS and NFS; hpctrain only reads during training.
-export HDF5_USE_FILE_LOCKING=FALSE
 # srun of Slurm 22.05-23.02 does not read SLURM_CPUS_PER_TASK; this keeps --cpus-per-task for the job step.
 if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK=${SRUN_CPUS_PER_TASK:-$SLURM_CPUS_PER_TASK}; fi
 
@@ -121,6 +127,17 @@ hpctrain_gpu_layout() {
     LAYOUT=(--ntasks-per-node="$TASKS_PER_NODE" --ntasks="$TASKS" --cpus-per-task="$cpus")
     _hpctrain_say "one task per GPU: $TASKS_PER_NODE tasks per node x $nodes nodes, $cpus CPUs each"
   fi
+}
+
+# hpctrain_begin NAME BACKEND SPEC [ARG...]: TRAIN_ARGS with --backend BACKEND (before any TEMPLATE_ARGS), the
+# header of template NAME and, for horovod (one rank per GPU), hpctrain_gpu_layout.
+hpctrain_begin() {
+  local name=$1 backend=$2
+  shift 2
+  TEMPLATE_ARGS=(--backend "$backend" ${TEMPLATE_ARGS[@]+"${TEMPLATE_ARGS[@]}"})
+  hpctrain_train_args "$@"
+  hpctrain_header "$name"
+  if [ "$backend" = horovod ]; then hpctrain_gpu_layout; fi
 }
 
 _hpctrain_forward() {

@@ -1,0 +1,54 @@
+"""Every benchmark keeps running: a quick smoke run of each, at the smallest settings, checks that it
+ends well and prints its table. The figures themselves are measured by running the scripts in full."""
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+NUMBER = r"[0-9]+\.[0-9]+"
+
+
+def run(script, *args, timeout=600):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def rows(text, first):
+    """The table rows that start with `| first`."""
+    return [line for line in text.splitlines() if line.startswith(f"| {first}")]
+
+
+def test_pipeline():
+    out = run("pipeline.py", "--seconds", 0.3)
+    assert re.search(rf"raw h5py reads .* {NUMBER} samples/s", out)
+    assert re.search(rf"hpctrain, in memory, augmentation .* {NUMBER} samples/s", out)
+
+
+def test_scaling_cpu():
+    out = run("scaling_cpu.py", "--models", "cnn", "--steps", 8, "--repeats", 1)
+    labels = [row.split("|")[2].strip() for row in rows(out, "cnn")]
+    assert len(labels) == 7 and "horovod mpirun" in labels and "mirrored (2 logical CPUs)" in labels
+
+
+def test_startup():
+    out = run("startup.py", "--repeat", 1)
+    backends = [row.split("|")[1].strip() for row in rows(out, "") if not row.startswith("| backend")]
+    assert sorted(backends) == ["horovod", "horovod", "mirrored", "multiworker"]  # mpirun and horovodrun
+
+
+def test_fault_latency():
+    out = run("fault_latency.py")
+    ended = rows(out, "horovod") + rows(out, "multiworker")
+    assert len(ended) == 3 and all(int(row.split("|")[4]) != 0 for row in ended)  # the killed job failed
+
+
+def test_training_efficiency():
+    out = run("training_efficiency.py", "--filters", 4, "--tile", 64, "--batch", 1, "--steps", 3, "--repeats", 1)
+    assert re.search(rf"sgemm peak .* {NUMBER} GFLOP/s", out)
+    assert len(rows(out, "plain tf_keras fit")) == 1 and len(rows(out, "hpctrain train")) == 1
