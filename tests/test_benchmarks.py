@@ -49,6 +49,7 @@ def test_fault_latency():
 
 
 def test_training_efficiency():
-    out = run("training_efficiency.py", "--filters", 4, "--tile", 64, "--batch", 1, "--steps", 3, "--repeats", 1)
+    out = run("training_efficiency.py", "--filters", 4, "--tile", 64, "--batch", 1, "--steps", 7,  # 5 warm-up
+              "--repeats", 1)
     assert re.search(rf"sgemm peak .* {NUMBER} GFLOP/s", out)
     assert len(rows(out, "plain tf_keras fit")) == 1 and len(rows(out, "hpctrain train")) == 1

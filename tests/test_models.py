@@ -27,11 +27,11 @@ def test_models_scale_integer_pixels_to_the_unit_range(name, shape, dtype):
 
 
 def test_unet_upsampling_is_nearest_and_compiles_with_xla():
-    from hpctrain.models.unet import upsample2x
+    from hpctrain.models.unet import upsample2x_layer
 
     keras = compat.keras()
     x = np.random.default_rng(0).normal(size=(2, 5, 7, 3)).astype(np.float32)
-    np.testing.assert_array_equal(upsample2x(x).numpy(), keras.layers.UpSampling2D(2)(x).numpy())
+    np.testing.assert_array_equal(upsample2x_layer()()(x).numpy(), keras.layers.UpSampling2D(2)(x).numpy())
     model = build(ModelSpec(name="unet", unet={"depth": 3, "filters": 4}), (None, None, 1), 2)
     model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy", jit_compile=True)  # gradient under XLA
     pixels = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 1), dtype=np.uint8)

@@ -5,6 +5,7 @@ convolution up, concatenated with the skip connection; dropout 0.5 at the bottom
 output layer.
 Depth 5 with 64 base filters (64..1024) has 31.0 M parameters.
 """
+import functools
 from typing import Literal
 
 from pydantic import Field
@@ -20,14 +21,21 @@ class UNetSettings(models.Settings):
     dropout: float = Field(0.5, ge=0, lt=1)
 
 
-def upsample2x(x):
-    """UpSampling2D(2) (nearest) as a broadcast and a reshape: the same values, and XLA can compile its
-    gradient (it has no kernel for ResizeNearestNeighborGrad, so `train.xla` failed with UpSampling2D)."""
-    tf = compat.tf()
-    b, h, w = tf.unstack(tf.shape(x)[:3])
-    c = x.shape[-1]
-    x = tf.broadcast_to(x[:, :, None, :, None, :], [b, h, 2, w, 2, c])
-    return tf.reshape(x, [b, 2 * h, 2 * w, c])
+@functools.cache
+def upsample2x_layer():
+    """The Keras layer class of UpSampling2D(2) (nearest) as a broadcast and a reshape: the same values,
+    and XLA can compile its gradient (it has no kernel for ResizeNearestNeighborGrad, so `train.xla`
+    failed with UpSampling2D). Made on first use, so that importing the model registry loads no Keras."""
+    class Upsample2x(compat.keras().layers.Layer):
+        def call(self, x):
+            tf = compat.tf()
+            static = [None if n is None else 2 * n for n in x.shape[1:3]]  # known sides stay known
+            b, h, w = tf.unstack(tf.shape(x)[:3])
+            c = x.shape[-1]
+            x = tf.broadcast_to(x[:, :, None, :, None, :], [b, h, 2, w, 2, c])
+            return tf.ensure_shape(tf.reshape(x, [b, 2 * h, 2 * w, c]), [None, *static, c])
+
+    return Upsample2x
 
 
 def build_unet(settings, input_shape=(256, 256, 1), num_classes=2, input_dtype="uint8"):
@@ -52,7 +60,7 @@ def build_unet(settings, input_shape=(256, 256, 1), num_classes=2, input_dtype="
             x = layers.MaxPooling2D(2)(x)
     for level in reversed(range(depth - 1)):
         n = filters * 2 ** level
-        x = layers.Lambda(upsample2x)(x)
+        x = upsample2x_layer()()(x)
         x = layers.Conv2D(n, 2, activation="relu", padding="same", kernel_initializer="he_normal")(x)
         x = conv_block(layers.Concatenate()([skips[level], x]), n)
     classes, activation = (1, "sigmoid") if settings.output == "sigmoid" else (2, "softmax")
