@@ -32,13 +32,25 @@ lint-shell: setup
 demo: setup
 	$(VENV)/bin/hpctrain demo
 
-# Re-resolve the pinned environment from pyproject.toml into requirements.lock.
+# Re-resolve the pinned environments from pyproject.toml's ranges: requirements.lock from a real Python 3.11
+# install, requirements-py3.10.lock and -py3.12.lock resolved by uv for those Pythons (3.11's versions
+# wherever they fit). Horovod is left out: install.sh builds it.
+LOCK := /tmp/hpctrain-lock
 lock:
-	rm -rf /tmp/hpctrain-lock && python3.11 -m venv /tmp/hpctrain-lock
-	/tmp/hpctrain-lock/bin/pip install -q pip==25.3 && /tmp/hpctrain-lock/bin/pip install -q $$(python3.11 -c \
-	  'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(" ".join(d for d in p["dependencies"] + p["optional-dependencies"]["test"] if not d.startswith("horovod")))') psutil pyyaml  # + Horovod's own requirements
-	{ sed -n '1,2p' requirements.lock; /tmp/hpctrain-lock/bin/pip freeze --all | grep -v -i -E '^(horovod|hpctrain)[=@ ]'; } > requirements.lock.new
+	rm -rf $(LOCK) && python3.11 -m venv $(LOCK) && $(LOCK)/bin/pip install -q pip==25.3 uv
+	$(LOCK)/bin/python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	  print("\n".join([d for d in p["dependencies"] + p["optional-dependencies"]["test"] if not d.startswith("horovod")] \
+	  + ["pyyaml", "cloudpickle", "packaging", "pip", "setuptools", "wheel"]))' > $(LOCK)/requirements.in  # + Horovod's own
+	$(LOCK)/bin/pip install -q -r $(LOCK)/requirements.in
+	{ sed -n '1,2p' requirements.lock; $(LOCK)/bin/pip freeze --all | grep -v -i -E '^(horovod|hpctrain|uv)[=@ ]'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
+	grep -v -i -E '^(#|pip|setuptools)' requirements.lock > $(LOCK)/constraints.txt
+	for v in 3.10 3.12; do rm -f $(LOCK)/$$v.txt; \
+	  $(LOCK)/bin/uv pip compile -q --no-header --no-annotate --python-version $$v --python-platform x86_64-manylinux_2_28 \
+	    -r $(LOCK)/requirements.in -c $(LOCK)/constraints.txt -o $(LOCK)/$$v.txt 2>/dev/null \
+	  || $(LOCK)/bin/uv pip compile -q --no-header --no-annotate --python-version $$v \
+	    --python-platform x86_64-manylinux_2_28 -r $(LOCK)/requirements.in -o $(LOCK)/$$v.txt; \
+	  { sed -n '1,2p' requirements-py$$v.lock; cat $(LOCK)/$$v.txt; } > requirements-py$$v.lock.new && mv requirements-py$$v.lock.new requirements-py$$v.lock; done
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VENV).* runs .pytest_cache

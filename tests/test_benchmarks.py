@@ -53,3 +53,9 @@ def test_training_efficiency():
               "--repeats", 1)
     assert re.search(rf"sgemm peak .* {NUMBER} GFLOP/s", out)
     assert len(rows(out, "plain tf_keras fit")) == 1 and len(rows(out, "hpctrain train")) == 1
+
+
+def test_mpi_flavours():
+    out = run("mpi_flavours.py", ROOT / ".venv", "--steps", 10, "--repeats", 1)
+    [row] = rows(out, str(ROOT / ".venv"))  # resolved: the environment's own folder
+    assert "Open MPI" in row and row.endswith("| 1.00 |")

@@ -1,5 +1,6 @@
 """Where a process stands in the job (hpctrain.distribute.cluster), from launcher environments given as dicts:
-Slurm's hostlist and tasks-per-node syntax, detect() for each launcher, TF_CONFIG for an srun step.
+Slurm's hostlist and tasks-per-node syntax, detect() for each launcher (Open MPI's mpirun, the MPICH family's
+Hydra mpiexec, srun, horovodrun, TF_CONFIG), TF_CONFIG for an srun step.
 No subprocess, no TensorFlow."""
 import json
 
@@ -7,6 +8,7 @@ import hostlist
 import pytest
 
 from hpctrain.distribute.cluster import Cluster, detect, expand_hostlist, slurm_tasks_per_node, slurm_tf_config
+from hpctrain.errors import UserError
 
 # Hostlist, number of hosts, and the hosts written out for a few (None: compared with python-hostlist only).
 HOSTLISTS = [
@@ -92,6 +94,72 @@ def test_detect_mpirun_inside_a_slurm_job():
     env = {"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
            "OMPI_COMM_WORLD_LOCAL_SIZE": "4", "SLURM_JOB_ID": "77", "SLURM_PROCID": "0", "SLURM_NTASKS": "8"}
     assert detect(env) == Cluster("mpirun", 5, 8, 1, 4, 1, 2, "77")
+
+
+def hydra_rank(rank, size=8, per_node=4, pmi_port=False):
+    """What Hydra's proxy (MPICH's or Intel MPI's mpiexec) sets for one rank; ranks fill nodes in blocks."""
+    env = {"MPI_LOCALRANKID": str(rank % per_node), "MPI_LOCALNRANKS": str(per_node), "PMI_HOSTNAME": "node01"}
+    if pmi_port:  # mpiexec -pmi-port: PMI_ID instead of PMI_RANK, and no PMI_SIZE
+        return {**env, "PMI_PORT": "node01:40123", "PMI_ID": str(rank)}
+    return {**env, "PMI_RANK": str(rank), "PMI_SIZE": str(size), "PMI_FD": "9"}
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("rank,expected", [
+    (0, Cluster("mpiexec", 0, 8, 0, 4, 0, 2)),
+    (5, Cluster("mpiexec", 5, 8, 1, 4, 1, 2)),
+    (7, Cluster("mpiexec", 7, 8, 3, 4, 1, 2)),
+])
+def test_detect_mpich_mpiexec(rank, expected):
+    assert detect(hydra_rank(rank)) == expected
+
+
+@pytest.mark.fast
+def test_detect_intel_mpi_mpiexec_on_one_node():
+    """Intel MPI's mpiexec.hydra sets Hydra's variables beside its own I_MPI_*."""
+    env = {**hydra_rank(2, size=3, per_node=3), "I_MPI_ROOT": "/opt/intel/oneapi/mpi/2021.10.0",
+           "I_MPI_HYDRA_TOPOLIB": "hwloc"}
+    assert detect(env) == Cluster("mpiexec", 2, 3, 2, 3, 0, 1)
+
+
+@pytest.mark.fast
+def test_detect_mpiexec_inside_a_slurm_job_is_taken_at_its_word():
+    """Hydra starts its proxies with srun, one task per node: the ranks carry that step's SLURM_* (SLURM_PROCID
+    is the proxy's, not the rank's), which mpiexec's own variables win over."""
+    env = {**srun_step(1, nodes="node[01-02]", per_node="1(x2)", tasks=2, job_id="77"), **hydra_rank(6)}
+    assert detect(env) == Cluster("mpiexec", 6, 8, 2, 4, 1, 2, "77")
+
+
+@pytest.mark.fast
+def test_detect_srun_with_pmi2_is_slurm_not_mpiexec():
+    """srun --mpi=pmi2 sets PMI_RANK and PMI_SIZE but never MPI_LOCALRANKID: the step's variables count."""
+    env = {**srun_step(3), "PMI_RANK": "3", "PMI_SIZE": "4", "PMI_FD": "7", "PMI_JOBID": "4242.0"}
+    assert detect(env) == Cluster("slurm", 3, 4, 1, 2, 1, 2, "4242", ("node01", "node02"))
+
+
+@pytest.mark.fast
+def test_detect_pmix_rank_alone_is_not_a_launcher():
+    """PMIx puts no size in the environment: srun --mpi=pmix is read from SLURM_*, Open MPI 5's mpirun
+    from OMPI_COMM_WORLD_*, and a bare PMIX_RANK is no job."""
+    assert detect({**srun_step(2), "PMIX_RANK": "2", "PMIX_NAMESPACE": "slurm.pmix.4242.0"}).launcher == "slurm"
+    open_mpi_5 = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+                  "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "PMIX_RANK": "1", "PMIX_NAMESPACE": "prterun-vm-1@1"}
+    assert detect(open_mpi_5) == Cluster("mpirun", 1, 2, 1, 2, 0, 1)
+    assert detect({"PMIX_RANK": "3"}) == Cluster("single")
+
+
+@pytest.mark.fast
+def test_detect_horovodrun_wins_over_mpiexec():
+    env = {"HOROVOD_RANK": "1", "HOROVOD_SIZE": "2", "HOROVOD_LOCAL_RANK": "1", "HOROVOD_LOCAL_SIZE": "2",
+           **hydra_rank(0, size=2, per_node=2)}
+    assert detect(env) == Cluster("horovodrun", 1, 2, 1, 2, 0, 1)
+
+
+@pytest.mark.fast
+def test_detect_mpiexec_with_pmi_port_is_a_user_error():
+    with pytest.raises(UserError, match=r"^Hydra's mpiexec set no PMI_SIZE for rank 3 .*-pmi-port$") as error:
+        detect(hydra_rank(3, pmi_port=True))
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.fast

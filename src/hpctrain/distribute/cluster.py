@@ -1,6 +1,6 @@
 """Where this process stands in the job: rank, size, local rank, node — read once from the launcher's
-environment (horovodrun, Open MPI's mpirun, Slurm's srun, TF_CONFIG), the way Lightning's
-ClusterEnvironment does it. Nothing else in hpctrain reads these variables."""
+environment (horovodrun, Open MPI's mpirun, the MPICH family's Hydra mpiexec, Slurm's srun, TF_CONFIG), the
+way Lightning's ClusterEnvironment does it. Nothing else in hpctrain reads these variables."""
 import json
 import os
 import socket
@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 
 import hostlist
 
+from hpctrain.errors import UserError
+
 
 @dataclass(frozen=True)
 class Cluster:
-    launcher: str  # horovodrun | mpirun | slurm | tf_config | single
+    launcher: str  # horovodrun | mpirun (Open MPI) | mpiexec (MPICH family) | slurm | tf_config | single
     rank: int = 0
     size: int = 1
     local_rank: int = 0
@@ -47,9 +49,27 @@ def expand_hostlist(nodes):
         raise ValueError(f"cannot parse Slurm hostlist {nodes!r}: {e}") from None
 
 
+def _hydra(env, job_id):
+    """A rank of Hydra's mpiexec (MPICH, Intel MPI): Hydra's proxy sets MPI_LOCALRANKID and MPI_LOCALNRANKS
+    for every rank, and PMI_RANK and PMI_SIZE unless mpiexec ran with -pmi-port (then PMI_ID, and no size).
+    srun --mpi=pmi2 sets PMI_RANK and PMI_SIZE too, but never MPI_LOCALRANKID. The node index assumes ranks
+    placed in blocks of MPI_LOCALNRANKS, as Hydra does by default."""
+    rank = int(env.get("PMI_RANK", env.get("PMI_ID", 0)))
+    if "PMI_SIZE" not in env:
+        raise UserError(f"Hydra's mpiexec set no PMI_SIZE for rank {rank} (as with -pmi-port): the job's size "
+                        "is unknown; start it without -pmi-port")
+    size = _int(env, "PMI_SIZE", 1)
+    local_size = max(_int(env, "MPI_LOCALNRANKS", 1), 1)
+    return Cluster("mpiexec", rank, size, _int(env, "MPI_LOCALRANKID"), local_size,
+                   rank // local_size, -(-size // local_size), job_id)
+
+
 def detect(env=None):
-    """The Cluster for this process. The most specific launcher wins: horovodrun and mpirun inside a
-    Slurm allocation are taken at their word, srun's step variables next, then TF_CONFIG."""
+    """The Cluster for this process. The most specific launcher wins: horovodrun first; Open MPI's mpirun
+    and Hydra's mpiexec inside a Slurm allocation are taken at their word (their ranks may carry the
+    SLURM_STEP_* of the srun that started mpirun's daemons or Hydra's proxies); srun's step variables next,
+    then TF_CONFIG. PMIX_RANK alone is not read: PMIx launchers put no size in the environment, and those
+    hpctrain meets (Open MPI 5's mpirun, srun --mpi=pmix) set their own variables as well."""
     env = os.environ if env is None else env
     job_id = env.get("SLURM_JOB_ID")
     if "HOROVOD_RANK" in env:
@@ -61,6 +81,8 @@ def detect(env=None):
         local_size = max(_int(env, "OMPI_COMM_WORLD_LOCAL_SIZE", 1), 1)
         return Cluster("mpirun", rank, size, _int(env, "OMPI_COMM_WORLD_LOCAL_RANK"), local_size,
                        rank // local_size, -(-size // local_size), job_id)
+    if "MPI_LOCALRANKID" in env and ("PMI_RANK" in env or "PMI_ID" in env):
+        return _hydra(env, job_id)
     if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:  # inside an srun step, not the batch script
         per_node = slurm_tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_TASKS_PER_NODE", "1")))
         node, size = _int(env, "SLURM_NODEID"), _int(env, "SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", 1))

@@ -1,11 +1,14 @@
-"""Starting N workers on this node: `mpirun`, `horovodrun --gloo`, or N supervised processes with TF_CONFIG
-(`local`). Which of them a backend takes is the backend's fact (`Backend.launchers`).
+"""Starting N workers on this node: `mpirun` (Open MPI's or an MPICH family's, told apart by its --version),
+`horovodrun --gloo`, or N supervised processes with TF_CONFIG (`local`). Which of them a backend takes is
+the backend's fact (`Backend.launchers`).
 
 Commands are argument lists, never shell strings. Every launcher ends the whole job when one worker
 dies, so nothing waits for ever on a dead peer.
 """
+import functools
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -13,34 +16,110 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 from hpctrain.errors import UserError
 
 LAUNCHERS = ("mpirun", "horovodrun", "local")
-# Variables forwarded to mpirun's ranks (Open MPI passes only what -x names).
+# Variables that mpirun's ranks need (Open MPI passes only what -x names; Hydra passes everything).
 _FORWARD_PREFIXES = ("HPCTRAIN_", "TF_", "HOROVOD_", "OMP_", "CUDA_", "NCCL_", "HDF5_", "PYTHON", "KMP_", "MKL_")
 _FORWARD_NAMES = ("PATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "HOME")
 
 
-def _executable(name):
-    path = shutil.which(name, path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
-    if path is None:
-        raise UserError(f"{name} not found (run ./install.sh)")
-    return path
+def _executable(*names):
+    """The first of `names` found next to this Python, then on PATH."""
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    for name in names:
+        found = shutil.which(name, path=path)
+        if found:
+            return found
+    raise UserError(f"{' or '.join(names)} not found (run ./install.sh)")
+
+
+def mpi_launcher():
+    """The mpirun (or, where there is none, mpiexec) that `hpctrain launch` starts."""
+    return _executable("mpirun", "mpiexec")
+
+
+@dataclass(frozen=True)
+class MPIFamily:
+    """One MPI family's launcher: how it names itself and how it is told what hpctrain needs. Every fact
+    about a family's command line is here and nowhere else."""
+    name: str              # as the family's library names its vendor (mpi4py's MPI.get_vendor())
+    abi: str               # the ABI of its libmpi (mpi4py's extension variants: openmpi, mpich)
+    banner: str            # regex on `mpirun --version`; group "version"
+    one_node: tuple        # all ranks on this node, none bound to cores
+    as_root: tuple         # lets root start ranks
+    oversubscribe: tuple   # more ranks than cores
+    forward: tuple         # passes the _FORWARD_* variables to the ranks; with "{}": once per name, as the name
+
+    def command(self, executable, n, argv, env):
+        cmd = [executable, "-np", str(n), *self.one_node]
+        if os.geteuid() == 0:
+            cmd += self.as_root
+        if n > (os.cpu_count() or 1):
+            cmd += self.oversubscribe
+        if "{}" in self.forward:
+            names = [name for name in sorted(env) if name.startswith(_FORWARD_PREFIXES) or name in _FORWARD_NAMES]
+            cmd += [arg.format(name) for name in names for arg in self.forward]
+        else:
+            cmd += self.forward
+        return cmd + list(argv)
+
+
+OPEN_MPI = MPIFamily(
+    "Open MPI", "openmpi",
+    banner=r"^\S+ \((?:Open MPI|OpenRTE)\) (?P<version>\S+)",  # mpirun (Open MPI) 4.1.4; mpiexec (OpenRTE) 4.1.4
+    # Shared memory only, so the ranks open no TCP listeners. Open MPI 5 takes only the -- spellings.
+    one_node=("--bind-to", "none", "--map-by", "slot", "--mca", "btl", "self,vader"),
+    as_root=("--allow-run-as-root",), oversubscribe=("--oversubscribe",), forward=("-x", "{}"))
+# Hydra, MPICH's mpiexec: -bind-to none and -envall (the whole environment to every rank) are its defaults,
+# said outright; it needs no option to start more ranks than cores, or to start them as root.
+MPICH = MPIFamily(
+    "MPICH", "mpich", banner=r"^HYDRA build details:\s*\n\s*Version:\s*(?P<version>\S+)",
+    one_node=("-bind-to", "none"), as_root=(), oversubscribe=(), forward=("-envall",))
+# Intel MPI's mpiexec is a Hydra too, but pins every rank unless I_MPI_PIN says otherwise.
+INTEL_MPI = MPIFamily(
+    "Intel MPI", "mpich", banner=r"^Intel\(R\) MPI Library.*?Version (?P<version>[\d.]+)",
+    one_node=("-genv", "I_MPI_PIN", "0"), as_root=(), oversubscribe=(), forward=("-envall",))
+FAMILIES = (OPEN_MPI, MPICH, INTEL_MPI)
+
+
+def family_of(version_output):
+    """(MPIFamily, version) that an `mpirun --version` output names, or (None, None)."""
+    for family in FAMILIES:
+        match = re.search(family.banner, version_output, re.MULTILINE)
+        if match:
+            return family, match["version"]
+    return None, None
+
+
+@functools.cache  # one --version run per path
+def _version_output(executable):
+    try:
+        proc = subprocess.run([executable, "--version"], capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise UserError(f"{executable} --version failed: {e}") from None
+    return proc.stdout + proc.stderr
+
+
+def launcher_family(executable):
+    """(MPIFamily, version) of an mpirun/mpiexec, from its --version (run once per path)."""
+    output = _version_output(executable)
+    family, version = family_of(output)
+    if family is None:
+        first = next((line.strip() for line in output.splitlines() if line.strip()), "nothing")
+        raise UserError(f"{executable} is not an MPI launcher hpctrain knows "
+                        f"({', '.join(f.name for f in FAMILIES)}): its --version says {first!r}")
+    return family, version
 
 
 def mpirun_command(n, argv, env=None):
+    """mpirun's command line for N ranks on this node, in the options of the MPI family it belongs to."""
     env = os.environ if env is None else env
-    # All ranks are on this node: shared memory only, so the ranks open no TCP listeners.
-    cmd = [_executable("mpirun"), "-np", str(n), "-bind-to", "none", "-map-by", "slot", "--mca", "btl", "self,vader"]
-    if os.geteuid() == 0:
-        cmd.append("--allow-run-as-root")
-    if n > (os.cpu_count() or 1):
-        cmd.append("--oversubscribe")
-    for name in sorted(env):
-        if name.startswith(_FORWARD_PREFIXES) or name in _FORWARD_NAMES:
-            cmd += ["-x", name]
-    return cmd + list(argv)
+    executable = mpi_launcher()
+    return launcher_family(executable)[0].command(executable, n, argv, env)
 
 
 def horovodrun_command(n, argv):

