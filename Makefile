@@ -29,6 +29,14 @@ SHELL_SCRIPTS := install.sh .ci/run $(wildcard containers/*.sh) \
 lint-shell: setup
 	$(VENV)/bin/shellcheck -x --shell=bash --source-path=SCRIPTDIR $(SHELL_SCRIPTS)
 
+# The GPU install from scratch (CUDA wheels, Horovod with NCCL; builds without a GPU), then its check (no GPU needed).
+GPU_VENV ?= /tmp/hpctrain-gpu-venv
+.PHONY: test-gpu-build
+test-gpu-build:
+	rm -rf $(GPU_VENV)
+	HPCTRAIN_VENV=$(abspath $(GPU_VENV)) ./install.sh --venv $(abspath $(GPU_VENV)) --gpu
+	HPCTRAIN_GPU_VENV=$(abspath $(GPU_VENV)) $(GPU_VENV)/bin/python -m pytest --noconftest -s tests/gpu_build/check_gpu_build.py
+
 demo: setup
 	$(VENV)/bin/hpctrain demo
 

