@@ -127,6 +127,7 @@ say "creating $target with $PYTHON (Python $pyver, MPI: $mpi_id)"
 "$PYTHON" -m venv "$target"
 pip=("$target/bin/python" -m pip --disable-pip-version-check --quiet)
 say "pip install -r $(basename "$lock")"
+"${pip[@]}" install "$(grep -i '^pip==' "$lock")" "$(grep -i '^wheel==' "$lock")"  # the venv's own pip may be old
 "${pip[@]}" install -r "$lock"
 export PATH=$target/bin:$PATH  # the venv's mpicc and cmake first, when it has them
 if [ "$mpi" != system ]; then
