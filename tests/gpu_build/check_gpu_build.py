@@ -258,3 +258,15 @@ def fatbin_images(lib: Path) -> list[tuple[str, int]]:
             entry += entry_header + payload
         pos = end
     return images
+
+
+def test_without_a_cuda_12_compiler_the_build_is_refused_in_one_line():
+    """Last: gpu_build_env clears the venv's build-time CUDA root (cuda/) before it looks for a compiler."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**clean_env(), "PATH": "/usr/bin:/bin", "HPCTRAIN_CUDA_CLANG": "/nowhere/clang++-19"}
+    env.pop("HOROVOD_CUDA_HOME", None)
+    proc = run("bash", "-c", f'source "{root}/install/gpu.sh" && gpu_build_env "{venv()}/bin/python"',
+               env=env, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, proc.stderr)
+    assert "no CUDA 12 compiler: module load cuda/12.x (nvcc), or apt-get install clang-19" in lines[0]
