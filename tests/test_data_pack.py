@@ -283,3 +283,56 @@ def test_interrupted_pack_leaves_no_file(tmp_path, signum, code):
     assert "Traceback" not in proc.stderr.read()
     assert only_files(tmp_path) == []
 
+
+
+# ---------------------------------------------------------------- pairing images and masks
+
+def slices(folder, names, isbi, masks=False):
+    """Small real ISBI slices (or their masks) under the given file names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stack = isbi["train-labels" if masks else "train-volume"]
+    for i, name in enumerate(names):
+        Image.fromarray(stack[i, :64, :64]).save(folder / name)
+    return folder
+
+
+def test_images_and_masks_pair_by_stem_never_by_position(tmp_path, isbi):
+    """The case found on the earlier code: slice_3 packed against the mask of slice_4, without a word."""
+    images = slices(tmp_path / "img", ["slice_1.png", "slice_2.png", "slice_3.png", "slice_10.png"], isbi)
+    masks = slices(tmp_path / "mask", ["slice_1.png", "slice_2.png", "slice_4.png", "slice_10.png"], isbi, True)
+    out = tmp_path / "out.h5"
+    assert_user_error(run_hpctrain("pack", "images", "--images", images, "--masks", masks, "-o", out),
+                      "pair by file stem", "images without a mask: slice_3.png",
+                      "masks without an image: slice_4.png", "--pair-by order")
+    assert not out.exists()
+    # By position on purpose: today's pairing, in natural order.
+    run_hpctrain("pack", "images", "--images", images, "--masks", masks, "--pair-by", "order", "-o", out, check=True)
+    with h5py.File(out, "r") as f:
+        assert f["images"].shape == (4, 64, 64)
+        assert np.array_equal(f["masks"][2], isbi["train-labels"][2, :64, :64] // 255)  # slice_4.png's mask
+    (masks / "slice_10.png").unlink()
+    assert_user_error(run_hpctrain("pack", "images", "--images", images, "--masks", masks, "--pair-by", "order",
+                                   "-o", tmp_path / "order.h5"), "4 images", "3 masks")
+
+
+def test_a_mask_suffix_pairs_names_that_differ_by_it(tmp_path, isbi):
+    images = slices(tmp_path / "img", ["b.png", "a.tif", "c.png"], isbi)  # stored in natural order: a, b, c
+    masks = slices(tmp_path / "mask", ["a_mask.png", "b_mask.png", "c_mask.png"], isbi, True)
+    out = tmp_path / "out.h5"
+    assert_user_error(run_hpctrain("pack", "images", "--images", images, "--masks", masks, "-o", out),
+                      "images without a mask: a.tif, b.png, c.png", "masks without an image: a_mask.png")
+    run_hpctrain("pack", "images", "--images", images, "--masks", masks, "--mask-suffix", "_mask", "-o", out,
+                 check=True)
+    with h5py.File(out, "r") as f:
+        # (slice in the image file, slice in its mask file) of a.tif, b.png, c.png, the order stored
+        for stored, (image, mask) in enumerate([(1, 0), (0, 1), (2, 2)]):
+            assert np.array_equal(f["images"][stored], isbi["train-volume"][image, :64, :64])
+            assert np.array_equal(f["masks"][stored], isbi["train-labels"][mask, :64, :64] // 255)
+
+
+def test_two_files_of_one_stem_are_refused(tmp_path, isbi):
+    images = slices(tmp_path / "img", ["a.png", "a.tif", "b.png"], isbi)
+    masks = slices(tmp_path / "mask", ["a.png", "b.png"], isbi, True)
+    assert_user_error(run_hpctrain("pack", "images", "--images", images, "--masks", masks, "-o", tmp_path / "x.h5"),
+                      "images of the same stem", "a.png and a.tif")
+    assert not (tmp_path / "x.h5").exists()

@@ -269,7 +269,11 @@ def build_parser():
     f.add_argument("--labels", required=True, help="e.g. t10k-labels-idx1-ubyte.gz")
     f = formats.add_parser("images", parents=[out], help="a folder or glob of PNG/TIFF slices and their masks")
     f.add_argument("--images", required=True, help="folder or glob of image slices")
-    f.add_argument("--masks", required=True, help="folder or glob of two-valued masks, paired in natural order")
+    f.add_argument("--masks", required=True, help="folder or glob of two-valued masks, paired by file stem")
+    f.add_argument("--mask-suffix", default="", metavar="SUFFIX",
+                   help="a mask's stem is its image's plus SUFFIX, e.g. _mask for slice_3_mask.png (default: none)")
+    f.add_argument("--pair-by", choices=("stem", "order"), default="stem",
+                   help="pair images and masks by file stem (default) or by position in natural order")
     f.add_argument("--test", help="folder or glob of unlabelled slices")
     f.add_argument("--class-names", type=lambda s: s.split(","), default=["background", "foreground"],
                    metavar="A,B", help="names of mask classes 0 and 1 (default background,foreground)")

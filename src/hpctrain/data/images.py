@@ -2,9 +2,12 @@
 
 Images may be 8- or 16-bit grayscale (an alpha channel is dropped) or RGB (RGBA loses its alpha, palette
 images become RGB); all must have the same size, bit depth and channels. Masks are required, because a
-file without targets cannot be trained on: one grayscale mask per image, paired in natural sort order
-(img2 before img10), two-valued (0/1 or 0/max) and stored as class ids 0 (lower value) and 1. Images
-without masks, to predict on, can be added with --test; they are stored as `test_images`.
+file without targets cannot be trained on: one grayscale mask per image, two-valued (0/1 or 0/max) and
+stored as class ids 0 (lower value) and 1. Images and masks pair by file stem (slice_3.png with
+slice_3.tif, or with slice_3_mask.png under --mask-suffix _mask), never by position alone: a stem without
+its partner, or two files of one stem, is refused. `--pair-by order` pairs by position in natural sort
+order (img2 before img10) for folders whose names differ on purpose. Samples are stored in the images'
+natural order. Images without masks, to predict on, can be added with --test (`test_images`).
 """
 import glob
 import re
@@ -22,12 +25,12 @@ SUFFIXES = (".png", ".tif", ".tiff")
 DEFAULT_CLASS_NAMES = ("background", "foreground")
 
 
-def pack(out, *, images, masks, test=None, class_names=DEFAULT_CLASS_NAMES, force=False, compression=None):
+def pack(out, *, images, masks, test=None, class_names=DEFAULT_CLASS_NAMES, pair_by="stem", mask_suffix="",
+         force=False, compression=None):
     check_new_output(out, force)
-    image_files, mask_files = list_files(images), list_files(masks)
+    pairs = pair(list_files(images), list_files(masks), pair_by, mask_suffix, images, masks)
+    image_files, mask_files = [i for i, _ in pairs], [m for _, m in pairs]
     test_files = list_files(test) if test else []
-    if len(image_files) != len(mask_files):
-        raise UserError(f"{len(image_files)} images ({images}) but {len(mask_files)} masks ({masks})")
     if len(class_names) != 2:
         raise UserError(f"two class names are needed, not {len(class_names)}")
     first = read_image(image_files[0])
@@ -53,6 +56,49 @@ def pack(out, *, images, masks, test=None, class_names=DEFAULT_CLASS_NAMES, forc
             for test_file in test_files:
                 writer.append("test_images", _like(read_image(test_file), first, test_file, image_files[0]))
     return out
+
+
+def pair(image_files, mask_files, by="stem", mask_suffix="", images="images", masks="masks"):
+    """(image, mask) pairs in the images' natural order: by file stem, a mask's stem being its image's
+    followed by `mask_suffix`; or by position (`by="order"`). Anything unpaired is a UserError."""
+    if by == "order":
+        if len(image_files) != len(mask_files):
+            raise UserError(f"{len(image_files)} images ({images}) but {len(mask_files)} masks ({masks})")
+        return list(zip(image_files, mask_files))
+    if by != "stem":
+        raise UserError(f"unknown pairing {by!r} (stem or order)")
+    image_of, mask_of, stray = _by_stem(image_files, "images"), {}, []
+    for stem, f in _by_stem(mask_files, "masks").items():
+        base = stem.removesuffix(mask_suffix)
+        if stem.endswith(mask_suffix) and base in image_of:
+            mask_of[base] = f
+        else:
+            stray.append(f.name)
+    lonely = [f.name for stem, f in image_of.items() if stem not in mask_of]
+    problems = ([f"images without a mask: {_few(lonely)}"] if lonely else []) + (
+        [f"masks without an image: {_few(stray)}"] if stray else [])
+    if problems:
+        rule = f"its image's stem + {mask_suffix!r}" if mask_suffix else "its image's"
+        raise UserError(f"images and masks pair by file stem (a mask's stem is {rule}): {'; '.join(problems)} "
+                        "(--mask-suffix, or --pair-by order to pair by position)")
+    return [(f, mask_of[stem]) for stem, f in image_of.items()]
+
+
+def _by_stem(files, what):
+    """{stem: file} in the files' order; two files of one stem are refused."""
+    found, twice = {}, []
+    for f in files:
+        if f.stem in found:
+            twice.append(f"{found[f.stem].name} and {f.name}")
+        found.setdefault(f.stem, f)
+    if twice:
+        raise UserError(f"{what} of the same stem, which pairing by stem cannot tell apart: {_few(twice)}")
+    return found
+
+
+def _few(names, shown=3):
+    names = list(names)
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
 
 
 def list_files(spec):
