@@ -54,13 +54,18 @@ def training_counts(path, split, *, size, batch_size, tile=None, kind=None, mode
     per-process batch. tile: the random crop, None = whole images. kind: the kind of dataset that
     `model` (a name, for the message) needs; None = any.
     """
+    with open_dataset(path) as ds:
+        return _counts(ds, split, size, batch_size, tile, kind, model)
+
+
+def _counts(ds, split, size, batch_size, tile=None, kind=None, model=None):
+    """training_counts of an open Dataset."""
     if size < 1 or batch_size < 1:
         raise UserError(f"need size >= 1 and batch_size >= 1 (got size {size}, batch {batch_size})")
-    with open_dataset(path) as ds:
-        info = _info(ds)
-        if kind is not None and info["kind"] != kind:
-            raise UserError(f"{path} holds a {info['kind']} dataset; model {model} needs {kind}")
-        train, val = (len(ds.split(split, subset)) for subset in ("train", "val"))  # or "has no split"
+    info, path = _info(ds), ds.path
+    if kind is not None and info["kind"] != kind:
+        raise UserError(f"{path} holds a {info['kind']} dataset; model {model} needs {kind}")
+    train, val = (len(ds.split(split, subset)) for subset in ("train", "val"))  # or "has no split"
     steps = train // (size * batch_size)
     if steps == 0:
         raise UserError(f"world size x batch larger than the split: {size} x {batch_size} > "
@@ -98,10 +103,10 @@ def train_dataset(path, split, *, rank, size, batch_size, seed, tile=None, augme
     if not (0 <= rank < size and start_epoch >= 0 and start_step >= 0):
         raise UserError(f"need 0 <= rank < size and a start >= 0 "
                         f"(got rank {rank}, size {size}, start {start_epoch}/{start_step})")
-    counts = training_counts(path, split, size=size, batch_size=batch_size, tile=tile)
-    info, steps = counts.info, counts.steps_per_epoch
     with open_dataset(path) as ds:
+        counts = _counts(ds, split, size, batch_size, tile)
         indices = ds.split(split, "train")
+    info, steps = counts.info, counts.steps_per_epoch
     if augment is None or not augment.enabled:
         augment = AugmentSpec.crop_only() if tile else None
     height, width = info["image_shape"][:2]

@@ -1,6 +1,7 @@
 """`hpctrain evaluate`, `predict` and `plot tsne`: a trained model (run folder or checkpoint) on data.
 What is computed, scored and written is the model's task's (hpctrain.tasks)."""
 import json
+from typing import NamedTuple
 
 import numpy as np
 
@@ -10,8 +11,15 @@ from hpctrain.atomic import write_text
 from hpctrain.errors import UserError
 
 
+class Trained(NamedTuple):
+    spec: object         # the run's JobSpec
+    model: object        # the tf_keras model with the checkpoint's weights
+    run: object          # its RunDir
+    class_names: list    # of the dataset it was trained on (model.json)
+
+
 def load_model(run_or_checkpoint):
-    """(spec, model, RunDir) restored from a run folder (its best checkpoint, else its last) or a checkpoint."""
+    """The Trained model of a run folder (its best checkpoint, else its last) or of a checkpoint."""
     from hpctrain.train import checkpoint
 
     run, prefix = checkpoint.find_run(run_or_checkpoint)
@@ -19,7 +27,7 @@ def load_model(run_or_checkpoint):
     arch = run.model_info()
     model = models.build(spec.model, tuple(arch["input_shape"]), arch["num_classes"], arch["input_dtype"])
     checkpoint.restore(compat.tf().train.Checkpoint(model=model), prefix, partial=True)
-    return spec, model, run
+    return Trained(spec, model, run, arch.get("class_names"))
 
 
 def outputs(spec, model, images):
@@ -43,14 +51,14 @@ def evaluate(run_or_checkpoint, data=None, split=None, subset="val", out=None):
     """Metrics dict of a trained model on a split of an HDF5 dataset; JSON written to `out` if given."""
     from hpctrain.data.pipeline import eval_dataset
 
-    spec, model, run = load_model(run_or_checkpoint)
+    spec, model, _, class_names = load_model(run_or_checkpoint)
     data = data or spec.data.path
     split = split or spec.data.split
     x, y = _arrays(eval_dataset(data, split, batch_size=8, subset=subset))
     if x is None:
         raise UserError(f"{data}: split {split}/{subset} is empty")
     task = models.get(spec.model.name).task
-    result = task.score(outputs(spec, model, x), y, run.model_info().get("class_names"))
+    result = task.score(outputs(spec, model, x), y, class_names)
     result = {"model": spec.model.name, "data": str(data), "split": f"{split}/{subset}", **result}
     if out:
         write_text(out, json.dumps(result, indent=2))
@@ -64,10 +72,10 @@ def predict(run_or_checkpoint, input_path, out, force=False):
     from hpctrain.tasks import files
 
     check_new_output(out, force)
-    spec, model, run = load_model(run_or_checkpoint)
+    spec, model, _, class_names = load_model(run_or_checkpoint)
     pixels = files.as_pixel_type(files.read_input_volume(input_path), model.inputs[0].dtype.name)[..., None]
     task = models.get(spec.model.name).task
-    task.write_prediction(out, outputs(spec, model, pixels), run.model_info().get("class_names"))
+    task.write_prediction(out, outputs(spec, model, pixels), class_names)
     return out
 
 
@@ -76,7 +84,7 @@ def tsne(run_or_checkpoint, data=None, out=None, count=2000):
     from hpctrain.data.pipeline import eval_dataset
     from hpctrain.evaluate.tsne import plot_tsne
 
-    spec, model, run = load_model(run_or_checkpoint)
+    spec, model, run, _ = load_model(run_or_checkpoint)
     if not models.get(spec.model.name).task.has_features:
         with_features = [name for name, m in models.MODELS.items() if m.task.has_features]
         raise UserError(f"t-SNE plots are for models with a features layer ({', '.join(with_features)}), "

@@ -57,9 +57,10 @@ def _train(spec, backend, resume, force):
     data = _Data.check(spec, backend, entry)  # before anything is written
     run = _prepare_run_dir(spec, backend, resume, force)
     _set_numerics(spec.train)
-    model, optimizer, state = _build(spec, backend, entry, data, run)
+    lr = scaled_learning_rate(spec.train.learning_rate, backend.replicas, spec.distribute.lr_scaling)
+    model, optimizer, state = _build(spec, backend, entry, data, run, lr)
     start_step = _restore(state, optimizer, run, backend) if resume else 0
-    fitted = _fit(spec, backend, data, run, model, optimizer, state, start_step, resume)
+    fitted = _fit(spec, backend, entry.task, data, run, model, optimizer, state, start_step, resume, lr)
     if fitted is None:  # resumed after the end (e.g. a requeued job that had finished)
         return Result(run.path, None, timing.Timing.read(run))
     timer, stopper = fitted
@@ -167,12 +168,11 @@ def scaled_learning_rate(base, replicas, rule):
     return base * {"linear": replicas, "sqrt": replicas ** 0.5, "none": 1}[rule]
 
 
-def _build(spec, backend, entry, data, run):
+def _build(spec, backend, entry, data, run, lr):
     """The model, its wrapped optimizer and the checkpointable state, in the backend's scope; model.json."""
     from hpctrain.train import checkpoint
 
     info = data.info
-    lr = scaled_learning_rate(spec.train.learning_rate, backend.replicas, spec.distribute.lr_scaling)
     with backend.scope():
         shape = entry.input_shape(info["image_shape"], spec.data.tile)
         model = models.build(spec.model, shape, info["num_classes"], info["dtype"])
@@ -201,7 +201,7 @@ def _restore(state, optimizer, run, backend):
     return step
 
 
-def _fit(spec, backend, data, run, model, optimizer, state, start_step, resume):
+def _fit(spec, backend, task, data, run, model, optimizer, state, start_step, resume, lr):
     """Keras fit from `start_step` to the last epoch; (timer, stopper), or None when nothing was left."""
     from hpctrain.train import callbacks as cb
 
@@ -211,10 +211,8 @@ def _fit(spec, backend, data, run, model, optimizer, state, start_step, resume):
         if backend.is_chief:
             print(f"hpctrain train: {run.path} already finished {spec.train.epochs} epochs", flush=True)
         return None
-    task = models.get(spec.model.name).task
     validation = data.validation(spec, backend, task)
-    # The rate follows from the spec and the step, also after a restore (the checkpoint holds the old one).
-    lr = scaled_learning_rate(spec.train.learning_rate, backend.replicas, spec.distribute.lr_scaling)
+    # The ramp sets the rate of this step, also after a restore (the checkpoint holds the old one).
     ramp = cb.LearningRateRamp(spec.train.learning_rate, lr, int(round(spec.distribute.warmup_epochs * steps)))
     ramp.apply(optimizer, start_step)
     stopper = cb.GracefulStop(backend, spec.distribute.sync_every)
