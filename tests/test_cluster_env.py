@@ -234,3 +234,35 @@ def test_slurm_tf_config_error_when_tasks_do_not_fit(nodes, per_node, tasks):
     env = srun_step(0, nodes=nodes, per_node=per_node, tasks=tasks)
     with pytest.raises(ValueError, match=rf"^Slurm step of {tasks} tasks on .* cannot place every task$"):
         slurm_tf_config(detect(env), env)
+
+
+# Large jobs: the forms Slurm writes for hundreds of nodes.
+@pytest.mark.fast
+@pytest.mark.parametrize("nodes,count", [("node[0001-1024]", 1024), ("gpu-[001-128,200-256]", 185),
+                                         ("r[01-16]n[01-64]", 1024), ("a[1-500],b[1-500]", 1000)])
+def test_hostlist_forms_of_large_jobs(nodes, count):
+    hosts = expand_hostlist(nodes)
+    assert len(hosts) == len(set(hosts)) == count and hosts == hostlist.expand_hostlist(nodes)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("spec,expected", [("4(x256)", [4] * 256), ("8(x1023),4", [8] * 1023 + [4]),
+                                           ("4(x2),2(x3),1", [4, 4, 2, 2, 2, 1])])
+def test_tasks_per_node_forms_of_large_jobs(spec, expected):
+    assert slurm_tasks_per_node(spec) == expected
+
+
+@pytest.mark.fast
+def test_slurm_tf_config_of_several_hosts_with_several_tasks_agrees_with_srun():
+    """3 nodes x 4 tasks: every task's TF_CONFIG names the same 12 workers, and the node and local rank that
+    detect() reads from it are srun's own (SLURM_NODEID, SLURM_LOCALID)."""
+    steps = [srun_step(r, nodes="gpu[07-09]", per_node="4(x3)", tasks=12) for r in range(12)]
+    configs = [slurm_tf_config(detect(env), env) for env in steps]
+    workers = json.loads(configs[0])["cluster"]["worker"]
+    assert [w.rsplit(":", 1)[0] for w in workers] == ["gpu07"] * 4 + ["gpu08"] * 4 + ["gpu09"] * 4
+    assert len(set(workers)) == 12
+    for env, config in zip(steps, configs):
+        assert json.loads(config)["cluster"]["worker"] == workers
+        c = detect({"TF_CONFIG": config})
+        assert (c.rank, c.size, c.num_nodes, c.local_size) == (int(env["SLURM_PROCID"]), 12, 3, 4)
+        assert (c.node_rank, c.local_rank) == (int(env["SLURM_NODEID"]), int(env["SLURM_LOCALID"]))

@@ -5,8 +5,10 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -156,3 +158,42 @@ def test_sigterm_during_pack_leaves_the_previous_file(tmp_path):
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth.h5"]
     run_hpctrain("verify", out, check=True)
+
+
+def rank_pids(pattern):
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.mark.parametrize("backend,launcher", [("horovod", "mpirun"), ("multiworker", "local")])
+def test_a_frozen_rank_ends_the_job_within_the_stall_timeout_naming_it(tmp_path, mnist_h5, backend, launcher):
+    """One of 2 ranks stopped with SIGSTOP mid-training: without the watchdog the job sat silent until its
+    time limit. The surviving rank names the frozen one, and nothing of the job is left."""
+    job = lenet(tmp_path, mnist_h5, tmp_path / "run", epochs=1000, steps_per_epoch=20)
+    proc = subprocess.Popen([str(VENV_BIN / "hpctrain"), "launch", "-n", "2", str(job), "--backend", backend,
+                             "--launcher", launcher, "--set", "distribute.stall_timeout=10"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    marker = str(job)
+    try:
+        deadline = time.monotonic() + 180
+        while not (tmp_path / "run" / "metrics.jsonl").exists():  # an epoch has ended: training is under way
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+            time.sleep(0.2)
+        frozen = max(rank_pids(f"hpctrain train {marker}"))
+        os.kill(frozen, signal.SIGSTOP)
+        stopped = time.monotonic()
+        _, err = proc.communicate(timeout=10 + 60)
+        took = time.monotonic() - stopped
+    finally:
+        for pid in rank_pids(f"hpctrain train {marker}"):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert took < 10 + 30, took
+    [rank] = [r["rank"] for r in map(json.loads, map(Path.read_text, (tmp_path / "run" / ".ranks").glob("*.json")))
+              if r["pid"] == frozen]
+    # hpctrain's watchdog names it; under tf.distribute TensorFlow's own heartbeat may notice first.
+    watchdog = f"rank {rank} ({socket.gethostname()}, pid {frozen}) silent for"
+    tensorflow = f"rank {rank} (127.0.0.1) stopped responding (TensorFlow's heartbeat to it timed out)"
+    assert any(watchdog in line or tensorflow in line for line in err.splitlines()), err[-3000:]
+    assert "Traceback" not in err
+    assert rank_pids(f"hpctrain train {marker}") == []

@@ -55,19 +55,28 @@ def cmd_train(args):
 
 
 def cmd_launch(args):
-    from hpctrain.distribute import backends
-    from hpctrain.launch import local, sweep
+    from hpctrain.distribute import backends, network
+    from hpctrain.launch import hosts, local, sweep
 
     job = _load_spec(args)
     backend = backends.BACKENDS[job.distribute.backend]
-    launcher, processes, overrides = backend.local_plan(args.n, args.launcher)
+    where = None
+    if args.hosts or args.hostfile:
+        named = hosts.parse_hosts(args.hosts) if args.hosts else hosts.read_hostfile(args.hostfile)
+        n = len(hosts.placement(named, args.n))
+        launcher, processes, overrides = backend.hosts_plan(n, args.launcher)
+        where = hosts.place(named, n, network.chosen(job.distribute.interface), ports=launcher == "local")
+    elif args.n is None:
+        raise UserError("-n N (workers on this node), or --hosts/--hostfile")
+    else:
+        launcher, processes, overrides = backend.local_plan(args.n, args.launcher)
     flags = [flag for flag, on in (("--resume", args.resume), ("--force", args.force)) if on]
     argv = sweep.hpctrain_command(sweep.train_args(args.job, [*args.set, *overrides], backend.name, flags))
     if args.print:
-        for cmd in local.command(processes, argv, launcher):
+        for cmd in local.command(processes, argv, launcher, where):
             print(local.format_command(cmd))
         return 0
-    return local.run(processes, argv, launcher)
+    return local.run(processes, argv, launcher, where=where)
 
 
 def cmd_evaluate(args):
@@ -181,9 +190,13 @@ def build_parser():
     p.add_argument("--dry-run", action="store_true", help="print the resolved spec and model size, do not train")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("launch", help="train with N local workers (mpirun, horovodrun or N processes)")
+    p = sub.add_parser("launch", help="train with N workers here or on named hosts (mpirun, horovodrun or N processes)")
     _add_spec_arguments(p)
-    p.add_argument("-n", type=int, required=True, help="number of workers")
+    p.add_argument("-n", type=int, help="number of workers (with --hosts/--hostfile default: one per slot)")
+    on = p.add_mutually_exclusive_group()
+    on.add_argument("--hosts", metavar="HOST:SLOTS,...", help="workers on these hosts, e.g. node1:2,node2:2 "
+                                                              "(started through ssh, or $HPCTRAIN_RSH)")
+    on.add_argument("--hostfile", metavar="FILE", help="hosts in Open MPI's hostfile format ('node1 slots=2')")
     p.add_argument("--launcher", choices=LAUNCHERS, help="default: the backend's first (mpirun for horovod, "
                                                          "supervised local processes for the others)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")

@@ -82,3 +82,18 @@ def horovod_keras():
             else:
                 sys.modules["keras"] = saved
     return sys.modules["horovod.tensorflow.keras"]
+
+
+def op_error_line(error, hosts=()):
+    """One line that says what a TensorFlow OpError means, not where it surfaced ("Graph execution error:").
+    A peer that TensorFlow's coordination service lost is named as the rank (task index) it was."""
+    import re
+
+    lost = re.search(r"task:(\d+) heartbeat timeout", error.message)
+    if lost:
+        rank = int(lost[1])
+        host = f" ({hosts[rank].rsplit(':', 1)[0]})" if rank < len(hosts) else ""
+        return f"rank {rank}{host} stopped responding (TensorFlow's heartbeat to it timed out)"
+    lines = [line.strip() for line in error.message.splitlines()
+             if line.strip() and not line.strip().startswith(("Graph execution error", "Detected at node", "File "))]
+    return f"{type(error).__name__}: {(lines or ['(no message)'])[-1][:500]}"

@@ -1,7 +1,7 @@
 """The run folder of a training run: every file name in one place (as submitit's JobPaths).
 
     spec.toml  model.json  checkpoints/{last,best}/  metrics.csv  metrics.jsonl  timing.json  curves.png
-    tensorboard/  evaluation.json  tsne.png
+    tensorboard/  evaluation.json  tsne.png  .ranks/
 
 The chief writes it; `hpctrain evaluate`, `predict`, `plot` and `report` read it.
 """
@@ -31,6 +31,7 @@ class RunDir:
     tensorboard = property(lambda self: self.path / "tensorboard")
     evaluation = property(lambda self: self.path / "evaluation.json")
     tsne = property(lambda self: self.path / "tsne.png")
+    ranks = property(lambda self: self.path / ".ranks")               # heartbeats (hpctrain.train.watchdog)
 
     def is_run(self):
         return self.spec.is_file()

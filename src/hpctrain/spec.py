@@ -89,6 +89,10 @@ class DistributeSpec(_Section):
     warmup_epochs: float = Field(0.0, ge=0)      # ramp from the 1-worker rate (Goyal et al. 2017)
     devices: int = Field(1, ge=1)                # mirrored: replicas in the one process (logical CPUs here)
     sync_every: int = Field(10, ge=1)            # steps between the ranks' agreement on a stop signal
+    # The network interface of every transport (hpctrain.distribute.network); None: $HPCTRAIN_INTERFACE, else
+    # each library chooses.
+    interface: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,15}$")
+    stall_timeout: float = Field(300.0, gt=0)    # seconds without a training step: the job ends, naming the rank
 
 
     @field_validator("backend")

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 from hpctrain import compat
 from hpctrain.distribute import cluster as cluster_mod
+from hpctrain.distribute import network
 from hpctrain.errors import UserError, one_of
 from hpctrain.registry import Registry
 
@@ -76,7 +77,7 @@ class Backend:
     multi_process = False       # N processes run it together, one or more replicas each
     in_process_replicas = False  # one process drives N replicas (its GPUs, or logical CPUs here)
     every_worker_saves = False  # every worker takes part in saving (tf.distribute); the chief's copy is kept
-    launchers = ("local",)      # how `hpctrain launch` starts it on one node (hpctrain.launch.local); first = default
+    launchers = ("local",)      # how `hpctrain launch` starts it (hpctrain.launch.local); first = default
     slurm_templates = ()        # its templates in hpctrain/launch/templates; first = default; none: no sweeps
 
     def __init_subclass__(cls, **kwargs):
@@ -105,6 +106,15 @@ class Backend:
             raise UserError(f"backend {cls.name!r} is started with --launcher {one_of(cls.launchers)} on one node, "
                             f"not {launcher}")
         return launcher, n if cls.multi_process else 1, cls.worker_overrides(n)
+
+    @classmethod
+    def hosts_plan(cls, n, launcher=None):
+        """(launcher, processes, spec overrides) that give `n` workers on hosts named by `launch --hosts`."""
+        if not cls.multi_process:
+            several = [name for name, b in BACKENDS.items() if b.multi_process]
+            raise UserError(f"backend {cls.name!r} runs as one process on one node; on several hosts choose "
+                            f"--backend {one_of(several)}")
+        return cls.local_plan(n, launcher)
 
     @classmethod
     def worker_overrides(cls, n):
@@ -200,6 +210,11 @@ class HorovodBackend(Backend):
         # delaying each step.
         os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
         os.environ.setdefault("HOROVOD_CYCLE_TIME", "2")
+        # Horovod's own stall check (tensors some ranks submitted and others not) warns at half of
+        # distribute.stall_timeout and shuts down at twice it: a backstop behind hpctrain's watchdog.
+        timeout = self.spec.stall_timeout
+        os.environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(max(1, round(timeout / 2))))
+        os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str(max(2, round(2 * timeout))))
         tf = compat.tf()
         gpus = tf.config.list_physical_devices("GPU")
         if not gpus:  # before hvd.init(): Horovod's and MPI's threads then share this worker's cores
@@ -289,6 +304,15 @@ class MirroredBackend(_TFDistributeBackend):
     slurm_templates = ("mirrored",)
 
     @classmethod
+    def hosts_plan(cls, n, launcher=None):
+        """(launcher, processes, spec overrides) that give `n` workers on hosts named by `launch --hosts`."""
+        if not cls.multi_process:
+            several = [name for name, b in BACKENDS.items() if b.multi_process]
+            raise UserError(f"backend {cls.name!r} runs as one process on one node; on several hosts choose "
+                            f"--backend {one_of(several)}")
+        return cls.local_plan(n, launcher)
+
+    @classmethod
     def worker_overrides(cls, n):
         return [f"distribute.devices={n}"]  # logical CPU devices; with GPUs it drives all it sees
 
@@ -356,6 +380,7 @@ class MultiWorkerBackend(_TFDistributeBackend):
 def create(spec, env=None):
     """The backend named by a DistributeSpec, set up for this process."""
     cluster = cluster_mod.detect(env)
+    network.apply(network.chosen(spec.interface))
     backend = BACKENDS[spec.backend](cluster, spec)
     if cluster.size > 1 and not backend.multi_process:
         several = [name for name, b in BACKENDS.items() if b.multi_process]

@@ -1,5 +1,6 @@
-"""Starting N workers on this node: `mpirun` (Open MPI's or an MPICH family's, told apart by its --version),
-`horovodrun --gloo`, or N supervised processes with TF_CONFIG (`local`). Which of them a backend takes is
+"""Starting N workers on this node or on hosts named by --hosts/--hostfile (hpctrain.launch.hosts):
+`mpirun` (Open MPI's or an MPICH family's, told apart by its --version), `horovodrun --gloo`, or N supervised
+processes with TF_CONFIG (`local`; on other hosts through the launch agent). Which of them a backend takes is
 the backend's fact (`Backend.launchers`).
 
 Commands are argument lists, never shell strings. Every launcher ends the whole job when one worker
@@ -18,12 +19,19 @@ import sys
 import time
 from dataclasses import dataclass
 
+from hpctrain.distribute import network
 from hpctrain.errors import UserError
+from hpctrain.launch import hosts as hosts_mod
 
 LAUNCHERS = ("mpirun", "horovodrun", "local")
 # Variables that mpirun's ranks need (Open MPI passes only what -x names; Hydra passes everything).
 _FORWARD_PREFIXES = ("HPCTRAIN_", "TF_", "HOROVOD_", "OMP_", "CUDA_", "NCCL_", "HDF5_", "PYTHON", "KMP_", "MKL_")
-_FORWARD_NAMES = ("PATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "HOME")
+_FORWARD_NAMES = ("PATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "HOME", *network.INTERFACE_VARIABLES)
+
+
+def _forwarded(env):
+    """The names of the variables a launcher passes on to workers on other hosts."""
+    return [name for name in sorted(env) if name.startswith(_FORWARD_PREFIXES) or name in _FORWARD_NAMES]
 
 
 def _executable(*names):
@@ -48,20 +56,29 @@ class MPIFamily:
     name: str              # as the family's library names its vendor (mpi4py's MPI.get_vendor())
     abi: str               # the ABI of its libmpi (mpi4py's extension variants: openmpi, mpich)
     banner: str            # regex on `mpirun --version`; group "version"
-    one_node: tuple        # all ranks on this node, none bound to cores
+    placement: tuple       # ranks slot by slot, none bound to cores
+    one_node: tuple        # all ranks on this node: shared memory only
+    hosts: tuple           # ranks on the hosts "{}" (node1:2,node2:2), started through the agent "{agent}"
+    interface: tuple       # the runtime and the ranks talk over interface "{}"
     as_root: tuple         # lets root start ranks
     oversubscribe: tuple   # more ranks than cores
     forward: tuple         # passes the _FORWARD_* variables to the ranks; with "{}": once per name, as the name
 
-    def command(self, executable, n, argv, env):
-        cmd = [executable, "-np", str(n), *self.one_node]
+    def command(self, executable, n, argv, env, where=None):
+        """The command line of n ranks: on this node, or on the hosts of a Placement."""
+        cmd = [executable, "-np", str(n), *self.placement]
+        if where is None:
+            cmd += self.one_node
+            if n > (os.cpu_count() or 1):
+                cmd += self.oversubscribe
+        else:
+            cmd += [arg.format(where.counts(), agent=hosts_mod.agent()) for arg in self.hosts]
+            if where.interface:
+                cmd += [arg.format(where.interface) for arg in self.interface]
         if os.geteuid() == 0:
             cmd += self.as_root
-        if n > (os.cpu_count() or 1):
-            cmd += self.oversubscribe
         if "{}" in self.forward:
-            names = [name for name in sorted(env) if name.startswith(_FORWARD_PREFIXES) or name in _FORWARD_NAMES]
-            cmd += [arg.format(name) for name in names for arg in self.forward]
+            cmd += [arg.format(name) for name in _forwarded(env) for arg in self.forward]
         else:
             cmd += self.forward
         return cmd + list(argv)
@@ -70,18 +87,24 @@ class MPIFamily:
 OPEN_MPI = MPIFamily(
     "Open MPI", "openmpi",
     banner=r"^\S+ \((?:Open MPI|OpenRTE)\) (?P<version>\S+)",  # mpirun (Open MPI) 4.1.4; mpiexec (OpenRTE) 4.1.4
+    placement=("--bind-to", "none", "--map-by", "slot"),
     # Shared memory only, so the ranks open no TCP listeners. Open MPI 5 takes only the -- spellings.
-    one_node=("--bind-to", "none", "--map-by", "slot", "--mca", "btl", "self,vader"),
+    one_node=("--mca", "btl", "self,vader"),
+    hosts=("-H", "{}", "--mca", "plm_rsh_agent", "{agent}"),
+    interface=("--mca", "btl_tcp_if_include", "{}", "--mca", "oob_tcp_if_include", "{}"),
     as_root=("--allow-run-as-root",), oversubscribe=("--oversubscribe",), forward=("-x", "{}"))
 # Hydra, MPICH's mpiexec: -bind-to none and -envall (the whole environment to every rank) are its defaults,
 # said outright; it needs no option to start more ranks than cores, or to start them as root.
 MPICH = MPIFamily(
     "MPICH", "mpich", banner=r"^HYDRA build details:\s*\n\s*Version:\s*(?P<version>\S+)",
-    one_node=("-bind-to", "none"), as_root=(), oversubscribe=(), forward=("-envall",))
+    placement=("-bind-to", "none"), one_node=(),
+    hosts=("-hosts", "{}", "-launcher", "ssh", "-launcher-exec", "{agent}"), interface=("-iface", "{}"),
+    as_root=(), oversubscribe=(), forward=("-envall",))
 # Intel MPI's mpiexec is a Hydra too, but pins every rank unless I_MPI_PIN says otherwise.
 INTEL_MPI = MPIFamily(
     "Intel MPI", "mpich", banner=r"^Intel\(R\) MPI Library.*?Version (?P<version>[\d.]+)",
-    one_node=("-genv", "I_MPI_PIN", "0"), as_root=(), oversubscribe=(), forward=("-envall",))
+    placement=("-genv", "I_MPI_PIN", "0"), one_node=(), hosts=MPICH.hosts, interface=MPICH.interface,
+    as_root=(), oversubscribe=(), forward=("-envall",))
 FAMILIES = (OPEN_MPI, MPICH, INTEL_MPI)
 
 
@@ -115,15 +138,19 @@ def launcher_family(executable):
     return family, version
 
 
-def mpirun_command(n, argv, env=None):
-    """mpirun's command line for N ranks on this node, in the options of the MPI family it belongs to."""
+def mpirun_command(n, argv, env=None, where=None):
+    """mpirun's command line for N ranks (on this node, or on a Placement's hosts), in the options of the
+    MPI family it belongs to."""
     env = os.environ if env is None else env
     executable = mpi_launcher()
-    return launcher_family(executable)[0].command(executable, n, argv, env)
+    return launcher_family(executable)[0].command(executable, n, argv, env, where)
 
 
-def horovodrun_command(n, argv):
-    return [_executable("horovodrun"), "--gloo", "-np", str(n), "-H", f"localhost:{n}", *argv]
+def horovodrun_command(n, argv, where=None):
+    cmd = [_executable("horovodrun"), "--gloo", "-np", str(n), "-H", where.counts() if where else f"localhost:{n}"]
+    if where is not None and where.interface:
+        cmd += ["--network-interfaces", where.interface]
+    return cmd + list(argv)
 
 
 def free_ports(n):
@@ -141,37 +168,56 @@ def tf_config(workers, index):
     return json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
 
 
-def command(n, argv, launcher):
+def _workers(n, argv, env, where):
+    """(name, argument list, environment) of each supervised worker of the `local` launcher: on this node,
+    or on its host through the agent (with the forwarded variables and this folder, as mpirun does)."""
+    if where is None:
+        addresses = [f"127.0.0.1:{p}" for p in free_ports(n)]
+        return [(f"worker {i}", list(argv), {**env, "TF_CONFIG": tf_config(addresses, i)}) for i in range(n)]
+    addresses, out = where.addresses(), []
+    for i, host in enumerate(where.workers):
+        mine = {**env, "TF_CONFIG": tf_config(addresses, i)}
+        if hosts_mod.is_local(host):
+            out.append((f"worker {i} ({host})", list(argv), mine))
+            continue
+        forwarded = [f"{name}={mine[name]}" for name in _forwarded(mine)]
+        out.append((f"worker {i} ({host})", hosts_mod.remote(host, ["env", "-C", os.getcwd(), *forwarded, *argv]), env))
+    return out
+
+
+def command(n, argv, launcher, where=None):
     """The command that `launch` runs (for --print); for `local`, one line per worker."""
+    env = {**os.environ, **network.variables(where.interface if where else None)}
     if launcher == "mpirun":
-        return [mpirun_command(n, argv)]
+        return [mpirun_command(n, argv, env, where)]
     if launcher == "horovodrun":
-        return [horovodrun_command(n, argv)]
-    workers = [f"127.0.0.1:{p}" for p in free_ports(n)]
-    return [["env", f"TF_CONFIG={tf_config(workers, i)}", *argv] for i in range(n)]
+        return [horovodrun_command(n, argv, where)]
+    if where is None:  # as a shell would run them
+        return [["env", f"TF_CONFIG={mine['TF_CONFIG']}", *cmd] for _, cmd, mine in _workers(n, argv, env, None)]
+    return [cmd if not hosts_mod.is_local(host) else ["env", f"TF_CONFIG={mine['TF_CONFIG']}", *cmd]
+            for (_, cmd, mine), host in zip(_workers(n, argv, env, where), where.workers)]
 
 
 def format_command(cmd):
     return shlex.join(cmd)
 
 
-def run(n, argv, launcher, env=None, grace=10.0):
+def run(n, argv, launcher, env=None, grace=10.0, where=None):
     """Runs N workers to completion; returns the job's exit code (0 only if every worker succeeded)."""
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {launcher!r} (choose from {', '.join(LAUNCHERS)})")
     if n < 1:
         raise UserError(f"number of workers must be at least 1, not {n}")
-    env = {**os.environ, **(env or {})}
+    env = {**os.environ, **network.variables(where.interface if where else None), **(env or {})}
     if launcher == "local":
-        workers = [f"127.0.0.1:{p}" for p in free_ports(n)]
-        procs = [subprocess.Popen(argv, env={**env, "TF_CONFIG": tf_config(workers, i)}) for i in range(n)]
-    else:
-        cmd = mpirun_command(n, argv, env) if launcher == "mpirun" else horovodrun_command(n, argv)
-        procs = [subprocess.Popen(cmd, env=env)]
-    return supervise(procs, grace)
+        workers = _workers(n, argv, env, where)
+        procs = [subprocess.Popen(cmd, env=mine) for _, cmd, mine in workers]
+        return supervise(procs, grace, [name for name, _, _ in workers])
+    cmd = mpirun_command(n, argv, env, where) if launcher == "mpirun" else horovodrun_command(n, argv, where)
+    return supervise([subprocess.Popen(cmd, env=env)], grace)
 
 
-def supervise(procs, grace=10.0):
+def supervise(procs, grace=10.0, names=None):
     """Waits for all processes; the first failure stops the rest (SIGTERM, then SIGKILL after `grace` s).
     SIGINT/SIGTERM to the launcher are passed on to the workers."""
     def forward(signum, frame):
@@ -190,7 +236,7 @@ def supervise(procs, grace=10.0):
             return 0
         code = procs[failed].returncode
         what = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-        who = f"worker {failed}" if len(procs) > 1 else "the job"
+        who = (names or [f"worker {i}" for i in range(len(procs))])[failed] if len(procs) > 1 else "the job"
         print(f"hpctrain launch: {who} {what}; stopping the others", file=sys.stderr, flush=True)
         _stop(procs, grace)
         return code if code > 0 else 128 - code

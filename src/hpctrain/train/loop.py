@@ -41,7 +41,7 @@ def train(spec, resume=False, force=False, backend=None):
             if isinstance(e, (UserError, TrainingFailed)):
                 detail = str(e)
             elif isinstance(e, compat.tf().errors.OpError):  # e.g. a peer's heartbeat timed out
-                detail = f"{type(e).__name__}: {e.message.strip().splitlines()[0][:500]}"
+                detail = compat.op_error_line(e, backend.cluster.hosts)
             else:
                 detail = traceback.format_exc()
             print(f"hpctrain train: rank {backend.rank} failed: {detail}", file=sys.stderr, flush=True)
@@ -138,6 +138,7 @@ def _prepare_run_dir(spec, backend, resume, force):
             raise UserError(f"run folder {run.path} exists (use --resume to continue it or --force to replace it)")
         if force and not resume and run.path.exists():
             shutil.rmtree(run.path)
+        shutil.rmtree(run.ranks, ignore_errors=True)  # heartbeats of an earlier run
         run.path.mkdir(parents=True, exist_ok=True)
         write_text(run.spec, spec_mod.to_toml(spec))
     backend.barrier()
@@ -219,6 +220,12 @@ def _fit(spec, backend, task, data, run, model, optimizer, state, start_step, re
     nonfinite = cb.FailOnNonFinite()
     timer = cb.StepTimer(spec.train.target_metric, spec.train.target_value)
     callbacks = [*backend.callbacks(), ramp, nonfinite, stopper, timer]
+    watchdog = None
+    if backend.size > 1:
+        from hpctrain.train.watchdog import StallWatchdog
+
+        watchdog = StallWatchdog(run.ranks, backend.rank, backend.size, spec.distribute.stall_timeout)
+        callbacks.append(watchdog)
     with backend.output_dir(run.path) as where:
         where = RunDir(where)  # the chief's run folder, or a worker's temporary stand-in
         if backend.is_chief or backend.every_worker_saves:
@@ -241,6 +248,8 @@ def _fit(spec, backend, task, data, run, model, optimizer, state, start_step, re
         if epoch < spec.train.epochs and not stopper.stopped_at and not nonfinite.bad_step:
             model.fit(data.training(spec, backend, epoch * steps), initial_epoch=epoch, epochs=spec.train.epochs,
                       steps_per_epoch=steps, **fit)
+    if watchdog is not None:
+        watchdog.close()
     if nonfinite.bad_step:
         e, s, value = nonfinite.bad_step
         raise TrainingFailed(f"loss became {value} at epoch {e}, step {s}; the last good checkpoint is kept "

@@ -1,0 +1,178 @@
+"""Hosts outside Slurm (bare clusters, PBS or LSF allocations, a site tool's hostfile): `--hosts node1:2,node2:2`
+or `--hostfile FILE` in Open MPI's format (`node1 slots=2`, `#` comments). Before anything starts, every
+host is asked through the launch agent (ssh, or $HPCTRAIN_RSH) for its name, the job interface's address
+and free ports (hpctrain.launch.probe): a host that does not answer, lacks the interface or has too few
+slots is a one-line error, and nothing has started."""
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpctrain.errors import UserError
+
+PROBE_TIMEOUT = 30.0  # seconds a host may take to answer (ssh's connection included)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    slots: int = 1
+
+
+@dataclass(frozen=True)
+class Answer:
+    name: str            # as the user named it
+    hostname: str        # as the host calls itself
+    address: str         # where its workers are reached: the interface's address, else the name
+    ports: tuple
+
+
+def agent():
+    """The ssh-like command that starts processes on other hosts."""
+    return os.environ.get("HPCTRAIN_RSH", "ssh")
+
+
+def _host(name, slots, where):
+    if not _NAME.match(name):
+        raise UserError(f"{where}: {name!r} is not a host name")
+    if slots < 1:
+        raise UserError(f"{where}: host {name} needs at least 1 slot, not {slots}")
+    return Host(name, slots)
+
+
+def parse_hosts(text):
+    """'node1:2,node2' -> (Host('node1', 2), Host('node2', 1))."""
+    hosts = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, slots = item.partition(":")
+        if slots and not slots.isdigit():
+            raise UserError(f"--hosts {text!r}: {item!r} is not HOST or HOST:SLOTS")
+        hosts.append(_host(name, int(slots or 1), f"--hosts {text!r}"))
+    return _unique(hosts, f"--hosts {text!r}")
+
+
+def read_hostfile(path):
+    """An Open MPI hostfile: `HOST [slots=N] [max_slots=M]` per line, `#` comments."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read hostfile {path}: {e}") from None
+    hosts = []
+    for number, line in enumerate(lines, 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        where = f"hostfile {path}, line {number}"
+        options = dict(word.partition("=")[::2] for word in words[1:])
+        unknown = set(options) - {"slots", "max_slots", "max-slots"}
+        if unknown or not all(v.isdigit() for v in options.values()):
+            raise UserError(f"{where}: expected 'HOST slots=N', not {line.strip()!r}")
+        hosts.append(_host(words[0], int(options.get("slots", 1)), where))
+    if not hosts:
+        raise UserError(f"hostfile {path} names no host")
+    return _unique(hosts, f"hostfile {path}")
+
+
+def _unique(hosts, where):
+    seen = set()
+    for h in hosts:
+        if h.name in seen:
+            raise UserError(f"{where}: host {h.name} is named twice")
+        seen.add(h.name)
+    if not hosts:
+        raise UserError(f"{where}: no host")
+    return tuple(hosts)
+
+
+def placement(hosts, n=None):
+    """The host of each of `n` workers (default: one per slot), slot by slot as mpirun --map-by slot."""
+    slots = [h.name for h in hosts for _ in range(h.slots)]
+    n = len(slots) if n is None else n
+    if n < 1:
+        raise UserError(f"number of workers must be at least 1, not {n}")
+    if n > len(slots):
+        raise UserError(f"{n} workers do not fit the {len(slots)} slots of "
+                        f"{','.join(f'{h.name}:{h.slots}' for h in hosts)}")
+    return slots[:n]
+
+
+def is_local(name):
+    return name in ("localhost", "127.0.0.1", socket.gethostname(), socket.gethostname().split(".")[0])
+
+
+def remote(name, command, options=()):
+    """The argument list that runs `command` (a list) on host `name`: itself here, else through the agent,
+    which passes one shell string (as ssh does)."""
+    if is_local(name):
+        return list(command)
+    return [agent(), "-o", "BatchMode=yes", *options, name, shlex.join(command)]
+
+
+def probe(hosts, interface=None, ports=0, timeout=PROBE_TIMEOUT):
+    """{name: Answer} of every host, asked in parallel; a UserError naming the first host that failed."""
+    def ask(host):
+        command = [sys.executable, "-m", "hpctrain.launch.probe", *([interface] if interface else []), str(ports)]
+        argv = remote(host.name, command, ["-o", f"ConnectTimeout={int(timeout)}"])
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return f"host {host.name} did not answer within {timeout:g} s ({agent()} {host.name})"
+        except OSError as e:
+            return f"cannot start {argv[0]} to reach host {host.name}: {e.strerror}"
+        last = (proc.stdout.strip().splitlines() or [""])[-1]
+        try:
+            reply = json.loads(last)
+        except ValueError:
+            said = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            return f"host {host.name} cannot be reached: {said}"
+        if "error" in reply:
+            return f"host {host.name}: {reply['error']}"
+        return Answer(host.name, reply["host"], reply["address"] or host.name, tuple(reply["ports"]))
+
+    with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
+        answers = list(pool.map(ask, hosts))
+    for a in answers:
+        if isinstance(a, str):
+            raise UserError(a)
+    return {a.name: a for a in answers}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The workers of a multi-host launch: the host of each (slot by slot) and what each host answered."""
+    workers: tuple      # host name of each worker
+    answers: dict       # host name -> Answer
+    interface: str | None
+
+    def counts(self):
+        """'node1:2,node2:1': workers per host, for mpirun -H and horovodrun -H."""
+        per_host = {}
+        for name in self.workers:
+            per_host[name] = per_host.get(name, 0) + 1
+        return ",".join(f"{name}:{k}" for name, k in per_host.items())
+
+    def addresses(self):
+        """ADDRESS:PORT of each worker (TF_CONFIG), each on a port its host found free."""
+        taken = {}
+        out = []
+        for name in self.workers:
+            i = taken[name] = taken.get(name, -1) + 1
+            answer = self.answers[name]
+            out.append(f"{answer.address}:{answer.ports[i]}")
+        return out
+
+
+def place(hosts, n=None, interface=None, ports=False):
+    """The Placement of `n` workers on `hosts`, after probing the hosts it uses (with one free port per
+    worker when `ports`)."""
+    workers = tuple(placement(hosts, n))
+    used = [h for h in hosts if h.name in workers]
+    answers = probe(used, interface, ports=max(workers.count(h.name) for h in used) if ports else 0)
+    return Placement(workers, answers, interface)
