@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["slurm_cluster"]  # the `slurm` fixture: a private single-node Slurm cluster
+pytest_plugins = ["slurm_cluster", "node_cluster"]  # `slurm`: one private Slurm node; `nodes`: several
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"

@@ -65,7 +65,11 @@ def cmd_launch(args):
         named = hosts.parse_hosts(args.hosts) if args.hosts else hosts.read_hostfile(args.hostfile)
         n = len(hosts.placement(named, args.n))
         launcher, processes, overrides = backend.hosts_plan(n, args.launcher)
-        where = hosts.place(named, n, network.chosen(job.distribute.interface), ports=launcher == "local")
+        interface = network.chosen(job.distribute.interface)
+        where = hosts.place(named, n, interface, ports=launcher == "local")
+        if where.interface and not interface:
+            print(f"hpctrain launch: network interface {where.interface}, the one the host names resolve to "
+                  "(distribute.interface chooses another)", flush=True)
     elif args.n is None:
         raise UserError("-n N (workers on this node), or --hosts/--hostfile")
     else:

@@ -54,3 +54,14 @@ def address(interface):
         except OSError:
             raise UserError(f"interface {interface} on {host} has no IPv4 address") from None
     return socket.inet_ntoa(packed[20:24])
+
+
+def interface_of(ip):
+    """The name of this host's interface that holds IPv4 address `ip`, or None."""
+    for _, name in socket.if_nameindex():
+        try:
+            if address(name) == ip:
+                return name
+        except UserError:
+            continue
+    return None

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from hpctrain.errors import UserError
 
-PROBE_TIMEOUT = 30.0  # seconds a host may take to answer (ssh's connection included)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -32,6 +31,7 @@ class Answer:
     hostname: str        # as the host calls itself
     address: str         # where its workers are reached: the interface's address, else the name
     ports: tuple
+    named_interface: str | None = None  # the interface its own name resolves to
 
 
 def agent():
@@ -115,8 +115,11 @@ def remote(name, command, options=()):
     return [agent(), "-o", "BatchMode=yes", *options, name, shlex.join(command)]
 
 
-def probe(hosts, interface=None, ports=0, timeout=PROBE_TIMEOUT):
-    """{name: Answer} of every host, asked in parallel; a UserError naming the first host that failed."""
+def probe(hosts, interface=None, ports=0, timeout=None):
+    """{name: Answer} of every host, asked in parallel; a UserError naming the first host that failed.
+    `timeout`: seconds a host may take to answer, ssh's connection included (default $HPCTRAIN_CONNECT_TIMEOUT,
+    else 30)."""
+    timeout = float(timeout or os.environ.get("HPCTRAIN_CONNECT_TIMEOUT") or 30)
     def ask(host):
         command = [sys.executable, "-m", "hpctrain.launch.probe", *([interface] if interface else []), str(ports)]
         argv = remote(host.name, command, ["-o", f"ConnectTimeout={int(timeout)}"])
@@ -134,7 +137,8 @@ def probe(hosts, interface=None, ports=0, timeout=PROBE_TIMEOUT):
             return f"host {host.name} cannot be reached: {said}"
         if "error" in reply:
             return f"host {host.name}: {reply['error']}"
-        return Answer(host.name, reply["host"], reply["address"] or host.name, tuple(reply["ports"]))
+        return Answer(host.name, reply["host"], reply["address"] or host.name, tuple(reply["ports"]),
+                      reply.get("named_interface"))
 
     with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
         answers = list(pool.map(ask, hosts))
@@ -171,8 +175,14 @@ class Placement:
 
 def place(hosts, n=None, interface=None, ports=False):
     """The Placement of `n` workers on `hosts`, after probing the hosts it uses (with one free port per
-    worker when `ports`)."""
+    worker when `ports`). Without an interface, the job takes the one every host's own name resolves to,
+    if it is the same on all (on hosts with several networks, MPI and Gloo may otherwise try one that
+    does not reach the others, and hang)."""
     workers = tuple(placement(hosts, n))
     used = [h for h in hosts if h.name in workers]
     answers = probe(used, interface, ports=max(workers.count(h.name) for h in used) if ports else 0)
+    if interface is None and len(used) > 1:
+        named = {a.named_interface for a in answers.values()}
+        if len(named) == 1 and None not in named and "lo" not in named:
+            interface = named.pop()
     return Placement(workers, answers, interface)

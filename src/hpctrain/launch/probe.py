@@ -1,6 +1,7 @@
 """Run on each host before a multi-host launch (`python -m hpctrain.launch.probe [INTERFACE] PORTS`): prints
-one JSON line with the host's name, the address its workers are reached at (that of INTERFACE, if given)
-and PORTS free TCP ports on it; or {"error": ...} when the host lacks the interface."""
+one JSON line with the host's name, the address its workers are reached at (that of INTERFACE, if given),
+PORTS free TCP ports on it and the interface its own name resolves to; or {"error": ...} when the host lacks
+the interface."""
 import json
 import socket
 import sys
@@ -19,7 +20,11 @@ def answer(interface, ports):
     finally:
         for s in socks:
             s.close()
-    return {"host": socket.gethostname(), "address": address, "ports": free}
+    try:  # the network the host's own name resolves to
+        named = network.interface_of(socket.gethostbyname(socket.gethostname()))
+    except OSError:
+        named = None
+    return {"host": socket.gethostname(), "address": address, "ports": free, "named_interface": named}
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ def train(spec, resume=False, force=False, backend=None):
 
 def _train(spec, backend, resume, force):
     from hpctrain.train import timing
+    from hpctrain.train.watchdog import rank_hosts
 
     started = time.time()
     entry = models.get(spec.model.name)
@@ -65,7 +66,8 @@ def _train(spec, backend, resume, force):
         return Result(run.path, None, timing.Timing.read(run))
     timer, stopper = fitted
     report = timing.summary(timer, spec, backend, data.steps, wall=time.time() - started, model=model,
-                            complete=not stopper.stopped_at, earlier=timing.unfinished(run) if resume else None)
+                            complete=not stopper.stopped_at, earlier=timing.unfinished(run) if resume else None,
+                            rank_hosts=rank_hosts(run.ranks, backend.size) if backend.size > 1 else None)
     if backend.is_chief:
         report.write(run)
         timing.plot_curves(run)

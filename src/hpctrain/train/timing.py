@@ -102,16 +102,17 @@ def throughput_stats(step_times, global_batch, warmup):
             "steps_measured": int(times.size)}
 
 
-def environment(backend):
+def environment(backend, rank_hosts=None):
     tf = compat.tf()
     return {"hpctrain": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
             "keras": compat.keras().__version__, "backend_versions": backend.versions(), "host": socket.gethostname(),
+            "rank_hosts": rank_hosts or [socket.gethostname()],  # the host of each process, in rank order
             "gpus": len(tf.config.list_physical_devices("GPU")), "cpus_available": len(os.sched_getaffinity(0)),
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "launcher": backend.cluster.launcher, "job_id": backend.cluster.job_id}
 
 
-def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, earlier=None):
+def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, earlier=None, rank_hosts=None):
     """The Timing of a run. `complete`: False when a signal stopped the run; its resumption passes the
     stopped attempt's Timing as `earlier`, so the figures cover every step of the run."""
     global_batch = spec.train.batch_size * backend.replicas
@@ -136,7 +137,7 @@ def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, e
         startup_seconds=timer.first_step_at - psutil.Process().create_time() if timer.first_step_at else None,
         target={"metric": spec.train.target_metric, "value": spec.train.target_value,
                 "reached": timer.target_reached},
-        environment=environment(backend),
+        environment=environment(backend, rank_hosts),
     )
 
 

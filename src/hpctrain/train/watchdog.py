@@ -114,3 +114,14 @@ class StallWatchdog(keras.callbacks.Callback):
         waiting = ", ".join(f"{p['rank']} ({p['host']}) after step {p['steps']}" for p in peers)
         return (f"{head}; every rank is alive and waiting (ranks {waiting}): they cannot reach each other "
                 f"(network?)")
+
+
+def rank_hosts(folder, size):
+    """The host of each rank, from the heartbeats every rank wrote when training began (None: none found)."""
+    hosts = []
+    for rank in range(size):
+        try:
+            hosts.append(json.loads((folder / f"{rank}.json").read_text())["host"])
+        except (OSError, ValueError, KeyError):
+            hosts.append(None)
+    return hosts
