@@ -156,6 +156,13 @@ class NodeCluster(SlurmCluster):
         skip = None if include_daemons else self.slurmd_pid(node)
         return [p for p in pids if p != skip]
 
+    def training_pids(self, node, everything=False):
+        """Pids of the node's `hpctrain train` processes (everything=True: of every process but slurmd)."""
+        pids = self.pids(node, include_daemons=False)
+        if everything:
+            return pids
+        return [p for p in pids if b"hpctrain\0train" in _cmdline(p)]
+
     def kill_node(self, node, slurmd=False, timeout=10):
         """SIGKILLs every process of the node but its slurmd (that too if slurmd=True); returns their pids."""
         pids = self.pids(node, include_daemons=slurmd)
@@ -397,6 +404,13 @@ def _ns_pids(kind, ns_file):
     return pids
 
 
+def _cmdline(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _kill_all(pids, timeout=10):
     for p in pids:
         try:
@@ -406,6 +420,61 @@ def _kill_all(pids, timeout=10):
     deadline = time.monotonic() + timeout
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+# Faults of a node while a job trains: name -> (inject, repair), each called with (cluster, node).
+def _freeze(cluster, node):
+    for pid in cluster.training_pids(node):
+        os.kill(pid, signal.SIGSTOP)
+
+
+FAULTS = {
+    "node killed": (lambda c, node: c.kill_node(node), lambda c, node: None),
+    "link cut": (lambda c, node: c.set_link(node, False), lambda c, node: c.set_link(node, True)),
+    "rank frozen": (_freeze, lambda c, node: _kill_all(c.training_pids(node))),
+}
+
+
+@dataclass
+class Outcome:
+    code: int          # the job's exit code
+    seconds: float     # from the fault to the job's end
+    stderr: str
+    leftovers: dict    # node -> pids of the job still there 15 s after its end
+
+
+def fault_run(cluster, argv, env, run_dir, fault, node="node2", timeout=300, started=None):
+    """Runs argv on node1; once the run in `run_dir` has ended an epoch, injects FAULTS[fault] on `node`
+    and times the job's end. `started` (a callable) replaces the epoch check, e.g. for Slurm jobs."""
+    inject, repair = FAULTS[fault]
+    log = Path(tempfile.mkstemp(prefix="hpctrain-fault-", suffix=".err")[1])
+    with open(log, "w") as err:
+        proc = cluster.popen("node1", argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (run_dir / "metrics.jsonl").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the job ended or stalled before training ({proc.poll()}):\n"
+                                     f"{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        injected = time.monotonic()
+        inject(cluster, node)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = None
+        seconds = time.monotonic() - injected
+        settle = time.monotonic() + 15  # processes a launcher has just signalled may take a moment to go
+        while any(cluster.training_pids(n, everything=True) for n in cluster.names) and time.monotonic() < settle:
+            time.sleep(0.2)
+        leftovers = {n: cluster.training_pids(n, everything=True) for n in cluster.names}
+        return Outcome(code, seconds, log.read_text(errors="replace"), leftovers)
+    finally:
+        repair(cluster, node)
+        for n in cluster.names:
+            cluster.kill_node(n)
+        log.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
@@ -433,8 +502,9 @@ AGENT = r'''#!/usr/bin/python3
 Like OpenSSH as mpirun and horovodrun use it: options are skipped before and after the host, the rest is
 joined by spaces and run with `sh -c` in the node (cwd $HOME), in a new session, with only PATH, HOME,
 USER, LOGNAME, LANG, LD_LIBRARY_PATH and the node's TMPDIR. When this process gets SIGTERM/SIGHUP/SIGINT or
-its parent dies, the command's process group gets SIGTERM, then SIGKILL after 5 s (as sshd does when the
-connection drops). Exit code: the command's (128+N for signal N); 255 for ssh's own errors.
+its parent dies, the command's process group gets SIGTERM (and SIGCONT), then SIGKILL after 5 s (as sshd does
+when the connection drops); when this process is killed outright, the command gets SIGKILL. Exit code: the
+command's (128+N for signal N); 255 for ssh's own errors.
 """
 import ctypes
 import os
@@ -516,14 +586,16 @@ def group_alive(pgid):
 
 
 def end(pid):
-    """TERM, then (after 5 s) KILL to the command's process group."""
-    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 2)):
-        for kill in (os.killpg, os.kill):  # the child may not have called setsid yet
-            try:
-                kill(pid, sig)
-                break
-            except ProcessLookupError:
-                pass
+    """TERM (with CONT, as a terminal's hang-up wakes stopped processes), then (after 5 s) KILL to the
+    command's process group."""
+    for sigs, grace in (((signal.SIGTERM, signal.SIGCONT), 5), ((signal.SIGKILL,), 2)):
+        for sig in sigs:
+            for kill in (os.killpg, os.kill):  # the child may not have called setsid yet
+                try:
+                    kill(pid, sig)
+                    break
+                except ProcessLookupError:
+                    pass
         deadline = time.monotonic() + grace
         while group_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -565,10 +637,15 @@ def main(args):
         os.kill(os.getpid(), signal.SIGTERM)
     for s in SIGNALS:
         signal.signal(s, on_signal)
+    agent = os.getpid()
     pid = os.fork()
     if pid == 0:
         try:
             os.setsid()
+            # This agent killed outright (SIGKILL) is a dropped connection: the command does not outlive it.
+            ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))
+            if os.getppid() != agent:  # it already was
+                os._exit(255)
             for s in SIGNALS:
                 signal.signal(s, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)

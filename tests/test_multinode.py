@@ -8,6 +8,8 @@ import time
 import numpy as np
 import pytest
 
+from node_cluster import FAULTS, fault_run
+
 from conftest import VENV_BIN, write_job
 
 pytestmark = pytest.mark.slow
@@ -113,3 +115,25 @@ def test_a_node_that_does_not_answer_is_named_before_anything_starts(nodes, mnis
     assert proc.returncode == 2 and len(lines) == 1 and "host node2 did not answer within 5 s" in lines[0], proc.stderr
     assert took < 30
     assert not (tmp_path / "lenet").exists()
+
+
+# Seconds from the fault to the job's end at most (the figures), with distribute.stall_timeout = 15.
+STALL = 15
+LIMITS = {"node killed": 30, "link cut": 120, "rank frozen": STALL + 30}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+@pytest.mark.parametrize("backend,launcher", LAUNCHERS)
+def test_a_fault_on_node2_ends_the_whole_job_naming_it(nodes, mnist_h5, tmp_path, backend, launcher, fault):
+    job = lenet(tmp_path, mnist_h5, steps=20, epochs=1000, stall_timeout=STALL)
+    argv = [VENV_BIN / "hpctrain", "launch", job, "--hosts", HOSTS, "--backend", backend, "--launcher", launcher]
+    out = fault_run(nodes, argv, env_of(nodes), tmp_path / "lenet", fault)
+    print(f"\n=== {backend} {launcher} {fault}: code {out.code} after {out.seconds:.1f} s, left {out.leftovers}")
+    print("\n".join(line for line in out.stderr.splitlines() if "Epoch" not in line and "ms/step" not in line)[-4000:])
+    assert out.code not in (None, 0), out.stderr[-3000:]
+    assert out.seconds <= LIMITS[fault], out.seconds
+    assert out.leftovers == {"node1": [], "node2": []}
+    # A line names the node: hpctrain's (launcher, watchdog, a rank's error) or, for mpirun, Open MPI's.
+    named = [line for line in out.stderr.splitlines() if "hpctrain" in line and "node2" in line
+             or line.strip().startswith("Peer host:") and line.split()[-1] == "node2"]
+    assert named, out.stderr[-3000:]

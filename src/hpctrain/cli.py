@@ -80,7 +80,7 @@ def cmd_launch(args):
         for cmd in local.command(processes, argv, launcher, where):
             print(local.format_command(cmd))
         return 0
-    return local.run(processes, argv, launcher, where=where)
+    return local.run(processes, argv, launcher, where=where, run_dir=job.output.dir)
 
 
 def cmd_evaluate(args):

@@ -32,6 +32,10 @@ class RunDir:
     evaluation = property(lambda self: self.path / "evaluation.json")
     tsne = property(lambda self: self.path / "tsne.png")
     ranks = property(lambda self: self.path / ".ranks")               # heartbeats (hpctrain.train.watchdog)
+    stalled = property(lambda self: self.ranks / "stalled.txt")       # the line of the rank that ended a stall
+
+    def heartbeat(self, rank):
+        return self.ranks / f"{rank}.json"
 
     def is_run(self):
         return self.spec.is_file()

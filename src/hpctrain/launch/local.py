@@ -6,6 +6,7 @@ the backend's fact (`Backend.launchers`).
 Commands are argument lists, never shell strings. Every launcher ends the whole job when one worker
 dies, so nothing waits for ever on a dead peer.
 """
+import collections
 import functools
 import json
 import os
@@ -16,12 +17,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
 from hpctrain.distribute import network
 from hpctrain.errors import UserError
 from hpctrain.launch import hosts as hosts_mod
+from hpctrain.rundir import RunDir
 
 LAUNCHERS = ("mpirun", "horovodrun", "local")
 # Variables that mpirun's ranks need (Open MPI passes only what -x names; Hydra passes everything).
@@ -202,42 +205,112 @@ def format_command(cmd):
     return shlex.join(cmd)
 
 
-def run(n, argv, launcher, env=None, grace=10.0, where=None):
-    """Runs N workers to completion; returns the job's exit code (0 only if every worker succeeded)."""
+def run(n, argv, launcher, env=None, grace=10.0, where=None, run_dir=None):
+    """Runs N workers to completion; returns the job's exit code (0 only if every worker succeeded). When
+    a rank of the run in `run_dir` ends a stalled job and the launcher then cannot end it (its daemons on
+    a node behind a cut link), the job is ended here `grace` s later."""
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {launcher!r} (choose from {', '.join(LAUNCHERS)})")
     if n < 1:
         raise UserError(f"number of workers must be at least 1, not {n}")
     env = {**os.environ, **network.variables(where.interface if where else None), **(env or {})}
+    stalled = RunDir(run_dir).stalled if run_dir else None
+    if stalled is not None:
+        stalled.unlink(missing_ok=True)
     if launcher == "local":
         workers = _workers(n, argv, env, where)
         procs = [subprocess.Popen(cmd, env=mine) for _, cmd, mine in workers]
-        return supervise(procs, grace, [name for name, _, _ in workers])
+        return supervise(procs, grace, [name for name, _, _ in workers], stalled)
     cmd = mpirun_command(n, argv, env, where) if launcher == "mpirun" else horovodrun_command(n, argv, where)
-    return supervise([subprocess.Popen(cmd, env=env)], grace)
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+    tail = _Tail(proc.stderr)
+    code = supervise([proc], grace, stalled=stalled)
+    if code:
+        tail.join()
+        culprit = first_failure(tail.text(), where.workers if where else None)
+        if culprit:
+            print(f"hpctrain launch: {launcher} says the first to fail was {culprit}", file=sys.stderr, flush=True)
+    return code
 
 
-def supervise(procs, grace=10.0, names=None):
-    """Waits for all processes; the first failure stops the rest (SIGTERM, then SIGKILL after `grace` s).
-    SIGINT/SIGTERM to the launcher are passed on to the workers."""
+# What mpirun and horovodrun print about the rank or node that failed first.
+_FIRST_FAILURE = (
+    re.compile(r"Remote daemon: \S+ on node (?P<node>\S+)"),  # Open MPI lost a node's daemon
+    re.compile(r"first process to do so was:\s*\n\s*Process name: (?:\[\[\d+,\d+\],)?(?P<rank>\d+)\]?\s*\n"
+               r"\s*Exit code:\s*(?P<code>\d+)"),  # Open MPI and horovodrun
+)
+
+
+def first_failure(text, workers=None):
+    """'rank 1 (node2), exit code 137' or 'node node2', from a launcher's messages; None if they name none."""
+    for pattern in _FIRST_FAILURE:
+        match = pattern.search(text)
+        if match and "node" in match.groupdict():
+            return f"node {match['node']}"
+        if match:
+            rank = int(match["rank"])
+            host = f" ({workers[rank]})" if workers and rank < len(workers) else ""
+            return f"rank {rank}{host}, exit code {match['code']}"
+    return None
+
+
+class _Tail(threading.Thread):
+    """Copies a launcher's stderr through to ours, keeping its last lines."""
+
+    def __init__(self, stream, lines=400):
+        super().__init__(daemon=True)
+        self.stream, self.lines = stream, collections.deque(maxlen=lines)
+        self.start()
+
+    def run(self):
+        for raw in iter(self.stream.readline, b""):
+            sys.stderr.buffer.write(raw)
+            sys.stderr.flush()
+            self.lines.append(raw.decode(errors="replace"))
+
+    def join(self, timeout=5.0):
+        super().join(timeout)
+
+    def text(self):
+        return "".join(self.lines)
+
+
+def supervise(procs, grace=10.0, names=None, stalled=None):
+    """Waits for all processes; the first failure stops the rest (SIGTERM, then SIGKILL after `grace` s),
+    and so does the file `stalled` that lives `grace` s. SIGINT/SIGTERM to the launcher are passed on to
+    the workers."""
     def forward(signum, frame):
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
 
+    def failed():
+        return [i for i, p in enumerate(procs) if p.poll() not in (None, 0)]
+
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        failed = None
-        while any(p.poll() is None for p in procs) and failed is None:
-            failed = next((i for i, p in enumerate(procs) if p.poll() not in (None, 0)), None)
+        stalled_since = None
+        while any(p.poll() is None for p in procs) and not failed():
+            if stalled_since is None and stalled is not None and stalled.exists():
+                stalled_since = time.monotonic()
+            if stalled_since is not None and time.monotonic() - stalled_since > grace:
+                print(f"hpctrain launch: the job did not end {grace:g} s after a rank stopped it "
+                      f"({stalled.read_text().strip()}); ending it", file=sys.stderr, flush=True)
+                _stop(procs, grace)
+                return 1
             time.sleep(0.1)
-        failed = next((i for i, p in enumerate(procs) if p.poll() not in (None, 0)), failed)
-        if failed is None:
+        if not failed():
             return 0
-        code = procs[failed].returncode
+        if len(procs) > 1:  # a worker killed by a signal is the cause, not its peers' errors that follow
+            time.sleep(1.0)
+        first = min(failed(), key=lambda i: not (procs[i].returncode < 0 or procs[i].returncode > 128))
+        code = procs[first].returncode
         what = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-        who = (names or [f"worker {i}" for i in range(len(procs))])[failed] if len(procs) > 1 else "the job"
-        print(f"hpctrain launch: {who} {what}; stopping the others", file=sys.stderr, flush=True)
+        if len(procs) > 1:
+            who = (names or [f"worker {i}" for i in range(len(procs))])[first]
+            print(f"hpctrain launch: {who} {what}; stopping the others", file=sys.stderr, flush=True)
+        else:
+            print(f"hpctrain launch: the job {what}", file=sys.stderr, flush=True)
         _stop(procs, grace)
         return code if code > 0 else 128 - code
     finally:

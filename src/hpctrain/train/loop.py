@@ -67,7 +67,7 @@ def _train(spec, backend, resume, force):
     timer, stopper = fitted
     report = timing.summary(timer, spec, backend, data.steps, wall=time.time() - started, model=model,
                             complete=not stopper.stopped_at, earlier=timing.unfinished(run) if resume else None,
-                            rank_hosts=rank_hosts(run.ranks, backend.size) if backend.size > 1 else None)
+                            rank_hosts=rank_hosts(run, backend.size) if backend.size > 1 else None)
     if backend.is_chief:
         report.write(run)
         timing.plot_curves(run)
@@ -226,7 +226,7 @@ def _fit(spec, backend, task, data, run, model, optimizer, state, start_step, re
     if backend.size > 1:
         from hpctrain.train.watchdog import StallWatchdog
 
-        watchdog = StallWatchdog(run.ranks, backend.rank, backend.size, spec.distribute.stall_timeout)
+        watchdog = StallWatchdog(run, backend.rank, backend.size, spec.distribute.stall_timeout)
         callbacks.append(watchdog)
     with backend.output_dir(run.path) as where:
         where = RunDir(where)  # the chief's run folder, or a worker's temporary stand-in

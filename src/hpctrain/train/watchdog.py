@@ -25,9 +25,10 @@ EXIT_STALLED = 1
 
 
 class StallWatchdog(keras.callbacks.Callback):
-    def __init__(self, folder, rank, size, timeout, exit=os._exit):
+    def __init__(self, run, rank, size, timeout, exit=os._exit):
         super().__init__()
-        self.folder, self.rank, self.size, self.timeout, self._exit = folder, rank, size, timeout, exit
+        self.run = run
+        self.rank, self.size, self.timeout, self._exit = rank, size, timeout, exit
         self.interval = max(0.2, min(5.0, timeout / 6))
         self.host = socket.gethostname()
         self.steps = 0
@@ -40,7 +41,7 @@ class StallWatchdog(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.progress, self.active = time.time(), True
         if self._thread is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self.run.ranks.mkdir(parents=True, exist_ok=True)
             self._beat()
             self._thread = threading.Thread(target=self._watch, name="hpctrain-watchdog", daemon=True)
             self._thread.start()
@@ -66,7 +67,7 @@ class StallWatchdog(keras.callbacks.Callback):
     def _beat(self):
         record = {"rank": self.rank, "host": self.host, "pid": os.getpid(), "steps": self.steps,
                   "progress": self.progress, "alive": time.time()}
-        write_text(self.folder / f"{self.rank}.json", json.dumps(record))
+        write_text(self.run.heartbeat(self.rank), json.dumps(record))
 
     def _watch(self):
         while not self._done.wait(self.interval):
@@ -81,7 +82,12 @@ class StallWatchdog(keras.callbacks.Callback):
             if alive[0] != self.rank:  # a lower rank reports; this one follows if it cannot
                 if self._done.wait(3 * self.interval + 2):
                     return
-            print(f"hpctrain train: {self.diagnosis(others)}", file=sys.stderr, flush=True)
+            line = f"hpctrain train: {self.diagnosis(others)}"
+            print(line, file=sys.stderr, flush=True)
+            try:  # for the launcher, which ends the job if its ranks cannot all be reached any more
+                write_text(self.run.stalled, line + "\n")
+            except OSError:
+                pass
             self._exit(EXIT_STALLED)
             return
 
@@ -92,7 +98,7 @@ class StallWatchdog(keras.callbacks.Callback):
             if rank == self.rank:
                 continue
             try:
-                record = json.loads((self.folder / f"{rank}.json").read_text())
+                record = json.loads(self.run.heartbeat(rank).read_text())
             except (OSError, ValueError):
                 record = {"rank": rank, "host": "?", "steps": None, "alive": None}
             record["silent"] = record["alive"] is None or now - record["alive"] > 3 * self.interval + 2
@@ -116,12 +122,13 @@ class StallWatchdog(keras.callbacks.Callback):
                 f"(network?)")
 
 
-def rank_hosts(folder, size):
+def rank_hosts(run, size):
     """The host of each rank, from the heartbeats every rank wrote when training began (None: none found)."""
     hosts = []
     for rank in range(size):
         try:
-            hosts.append(json.loads((folder / f"{rank}.json").read_text())["host"])
+            hosts.append(json.loads(run.heartbeat(rank).read_text())["host"])
         except (OSError, ValueError, KeyError):
             hosts.append(None)
     return hosts
+
