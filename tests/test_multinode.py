@@ -1,6 +1,6 @@
 """Training across two nodes of the test cluster (tests/node_cluster.py: network namespaces, one core each,
-Slurm across them, an ssh-like agent): `launch --hosts` for every launcher, the Slurm templates, what
-the ranks sent over the nodes' links, and what ends the job when a node, its link or a rank fails."""
+an ssh-like agent): `launch --hosts` for every launcher, what the ranks sent over the nodes' links, and what
+ends the job when a node, its link or a rank fails. The Slurm side: test_multinode_slurm.py."""
 import json
 import os
 import time
@@ -65,7 +65,7 @@ def test_launch_on_two_hosts_trains_over_the_nodes_link(nodes, mnist_h5, tmp_pat
 
 
 @pytest.fixture(autouse=True)
-def _nothing_left_on_the_nodes(nodes):
+def _nothing_left_on_the_nodes(nodes):  # every test of this module starts its own job on the nodes
     """After each test no process of it is left on a node (a failed test's job is ended here)."""
     yield
     leftovers = {node: nodes.kill_node(node) for node in nodes.names}

@@ -18,6 +18,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_env(args):
+    if args.interface_variables:  # for job scripts: NAME=VALUE lines to export
+        from hpctrain.distribute import network
+
+        for name, value in network.variables(args.interface_variables).items():
+            print(f"{name}={value}")
+        return
     from hpctrain import envinfo
 
     envinfo.main(as_json=args.json)
@@ -185,6 +191,8 @@ def build_parser():
 
     p = sub.add_parser("env", help="print the software stack, devices and scheduler context")
     p.add_argument("--json", action="store_true", help="emit JSON")
+    p.add_argument("--interface-variables", metavar="IFACE",
+                   help="print the variables that make every transport use IFACE (NAME=VALUE lines)")
     p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("train", help="train the model of a job spec")

@@ -34,8 +34,14 @@ def train(spec, resume=False, force=False, backend=None):
     from hpctrain.distribute import backends
 
     backend = backend or backends.create(spec.distribute)
+    watchdog = None
+    if backend.size > 1:  # from here on, before the first collective
+        from hpctrain.train.watchdog import StallWatchdog
+
+        watchdog = StallWatchdog(RunDir(spec.output.dir), backend.rank, backend.size,
+                                 spec.distribute.stall_timeout).start()
     try:
-        return _train(spec, backend, resume, force)
+        return _train(spec, backend, resume, force, watchdog)
     except BaseException as e:
         if backend.size > 1 and not isinstance(e, SystemExit):
             if isinstance(e, (UserError, TrainingFailed)):
@@ -47,9 +53,12 @@ def train(spec, resume=False, force=False, backend=None):
             print(f"hpctrain train: rank {backend.rank} failed: {detail}", file=sys.stderr, flush=True)
             backend.abort(2 if isinstance(e, UserError) else 1)
         raise
+    finally:
+        if watchdog is not None:
+            watchdog.close()
 
 
-def _train(spec, backend, resume, force):
+def _train(spec, backend, resume, force, watchdog):
     from hpctrain.train import timing
     from hpctrain.train.watchdog import rank_hosts
 
@@ -61,7 +70,7 @@ def _train(spec, backend, resume, force):
     lr = scaled_learning_rate(spec.train.learning_rate, backend.replicas, spec.distribute.lr_scaling)
     model, optimizer, state = _build(spec, backend, entry, data, run, lr)
     start_step = _restore(state, optimizer, run, backend) if resume else 0
-    fitted = _fit(spec, backend, entry.task, data, run, model, optimizer, state, start_step, resume, lr)
+    fitted = _fit(spec, backend, entry.task, data, run, model, optimizer, state, start_step, resume, lr, watchdog)
     if fitted is None:  # resumed after the end (e.g. a requeued job that had finished)
         return Result(run.path, None, timing.Timing.read(run))
     timer, stopper = fitted
@@ -136,11 +145,16 @@ def _data_path(spec, backend):
 def _prepare_run_dir(spec, backend, resume, force):
     run = RunDir(spec.output.dir)
     if backend.is_chief:
-        if run.path.exists() and any(run.path.iterdir()) and not (resume or force):
+        if run.path.exists() and any(p != run.ranks for p in run.path.iterdir()) and not (resume or force):
             raise UserError(f"run folder {run.path} exists (use --resume to continue it or --force to replace it)")
         if force and not resume and run.path.exists():
-            shutil.rmtree(run.path)
-        shutil.rmtree(run.ranks, ignore_errors=True)  # heartbeats of an earlier run
+            for path in run.path.iterdir():  # all but the heartbeats, which the ranks write already
+                if path == run.ranks:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         run.path.mkdir(parents=True, exist_ok=True)
         write_text(run.spec, spec_mod.to_toml(spec))
     backend.barrier()
@@ -204,7 +218,7 @@ def _restore(state, optimizer, run, backend):
     return step
 
 
-def _fit(spec, backend, task, data, run, model, optimizer, state, start_step, resume, lr):
+def _fit(spec, backend, task, data, run, model, optimizer, state, start_step, resume, lr, watchdog):
     """Keras fit from `start_step` to the last epoch; (timer, stopper), or None when nothing was left."""
     from hpctrain.train import callbacks as cb
 
@@ -221,13 +235,7 @@ def _fit(spec, backend, task, data, run, model, optimizer, state, start_step, re
     stopper = cb.GracefulStop(backend, spec.distribute.sync_every)
     nonfinite = cb.FailOnNonFinite()
     timer = cb.StepTimer(spec.train.target_metric, spec.train.target_value)
-    callbacks = [*backend.callbacks(), ramp, nonfinite, stopper, timer]
-    watchdog = None
-    if backend.size > 1:
-        from hpctrain.train.watchdog import StallWatchdog
-
-        watchdog = StallWatchdog(run, backend.rank, backend.size, spec.distribute.stall_timeout)
-        callbacks.append(watchdog)
+    callbacks = [*backend.callbacks(), ramp, nonfinite, stopper, timer, *([watchdog] if watchdog else [])]
     with backend.output_dir(run.path) as where:
         where = RunDir(where)  # the chief's run folder, or a worker's temporary stand-in
         if backend.is_chief or backend.every_worker_saves:
@@ -250,8 +258,6 @@ def _fit(spec, backend, task, data, run, model, optimizer, state, start_step, re
         if epoch < spec.train.epochs and not stopper.stopped_at and not nonfinite.bad_step:
             model.fit(data.training(spec, backend, epoch * steps), initial_epoch=epoch, epochs=spec.train.epochs,
                       steps_per_epoch=steps, **fit)
-    if watchdog is not None:
-        watchdog.close()
     if nonfinite.bad_step:
         e, s, value = nonfinite.bad_step
         raise TrainingFailed(f"loss became {value} at epoch {e}, step {s}; the last good checkpoint is kept "

@@ -25,6 +25,9 @@ EXIT_STALLED = 1
 
 
 class StallWatchdog(keras.callbacks.Callback):
+    """Started with the process (`start`), before the first collective; a Keras callback during training.
+    Start-up (staging, the first collectives, building the model) may take twice `timeout`."""
+
     def __init__(self, run, rank, size, timeout, exit=os._exit):
         super().__init__()
         self.run = run
@@ -32,19 +35,20 @@ class StallWatchdog(keras.callbacks.Callback):
         self.interval = max(0.2, min(5.0, timeout / 6))
         self.host = socket.gethostname()
         self.steps = 0
-        self.progress = time.time()  # when the last step ended (or training began)
-        self.active = False          # inside model.fit
+        self.started = self.progress = time.time()  # when the last step ended (or a phase began)
+        self.phase = "starting"                      # then "training"; "idle" between and after fits
         self._done = threading.Event()
         self._thread = None
 
+    def start(self):
+        self._beat()
+        self._thread = threading.Thread(target=self._watch, name="hpctrain-watchdog", daemon=True)
+        self._thread.start()
+        return self
+
     # Progress, from the training thread.
     def on_train_begin(self, logs=None):
-        self.progress, self.active = time.time(), True
-        if self._thread is None:
-            self.run.ranks.mkdir(parents=True, exist_ok=True)
-            self._beat()
-            self._thread = threading.Thread(target=self._watch, name="hpctrain-watchdog", daemon=True)
-            self._thread.start()
+        self.progress, self.phase = time.time(), "training"
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
@@ -56,7 +60,7 @@ class StallWatchdog(keras.callbacks.Callback):
     on_test_batch_end = on_epoch_end = _moved  # validation and checkpoints move too
 
     def on_train_end(self, logs=None):
-        self.active = False
+        self.phase = "idle"
 
     def close(self):
         self._done.set()
@@ -66,8 +70,12 @@ class StallWatchdog(keras.callbacks.Callback):
     # The watching thread.
     def _beat(self):
         record = {"rank": self.rank, "host": self.host, "pid": os.getpid(), "steps": self.steps,
-                  "progress": self.progress, "alive": time.time()}
+                  "phase": self.phase, "started": self.started, "progress": self.progress, "alive": time.time()}
+        self.run.ranks.mkdir(parents=True, exist_ok=True)
         write_text(self.run.heartbeat(self.rank), json.dumps(record))
+
+    def _limit(self):
+        return {"starting": 2 * self.timeout, "training": self.timeout}.get(self.phase)
 
     def _watch(self):
         while not self._done.wait(self.interval):
@@ -75,7 +83,8 @@ class StallWatchdog(keras.callbacks.Callback):
                 self._beat()
             except OSError:
                 pass  # a full or vanished file system must not end training by itself
-            if not self.active or time.time() - self.progress < self.timeout:
+            limit = self._limit()
+            if limit is None or time.time() - self.progress < limit:
                 continue
             others = self._peers()
             alive = sorted([self.rank, *(p["rank"] for p in others if not p["silent"])])
@@ -100,6 +109,8 @@ class StallWatchdog(keras.callbacks.Callback):
             try:
                 record = json.loads(self.run.heartbeat(rank).read_text())
             except (OSError, ValueError):
+                record = {}
+            if record.get("started", 0) < self.started - 120:  # none, or an earlier run's
                 record = {"rank": rank, "host": "?", "steps": None, "alive": None}
             record["silent"] = record["alive"] is None or now - record["alive"] > 3 * self.interval + 2
             peers.append(record)
@@ -107,13 +118,17 @@ class StallWatchdog(keras.callbacks.Callback):
 
     def diagnosis(self, peers):
         """One line: how long nothing moved here, and which ranks stopped (or that all are alive)."""
-        head = (f"no training step ended for {time.time() - self.progress:.0f} s on rank {self.rank} "
-                f"({self.host}) after step {self.steps} (distribute.stall_timeout = {self.timeout:g} s)")
+        if self.phase == "starting":
+            head = (f"rank {self.rank} ({self.host}) has not started training {time.time() - self.progress:.0f} s "
+                    f"after it began (start-up may take 2 x distribute.stall_timeout = {2 * self.timeout:g} s)")
+        else:
+            head = (f"no training step ended for {time.time() - self.progress:.0f} s on rank {self.rank} "
+                    f"({self.host}) after step {self.steps} (distribute.stall_timeout = {self.timeout:g} s)")
         silent = [p for p in peers if p["silent"]]
         if silent:
             now = time.time()
             named = ", ".join(
-                f"rank {p['rank']} ({p['host']}) never started training" if p["alive"] is None else
+                f"rank {p['rank']} never started" if p["alive"] is None else
                 f"rank {p['rank']} ({p['host']}, pid {p['pid']}) silent for {now - p['alive']:.0f} s "
                 f"(last heard after step {p['steps']})" for p in silent)
             return f"{head}; stopped responding: {named}"

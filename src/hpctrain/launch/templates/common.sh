@@ -25,6 +25,7 @@
 #   HPCTRAIN_BIN           hpctrain outside a container (default: hpctrain on PATH)
 #   HPCTRAIN_IMAGE         Apptainer image (.sif); bind extra folders with APPTAINER_BIND
 #   HPCTRAIN_STAGE_DIR     node-local folder the data is copied to first (--set data.stage_dir=...)
+#   HPCTRAIN_INTERFACE     network interface of every transport (MPI, Gloo, NCCL, TF_CONFIG), e.g. ib0
 #   HPCTRAIN_MAX_REQUEUES  how often a job requeues itself at most (default 10)
 #
 # Every value reaches commands as a quoted argument (arrays, "$@"); nothing is ever eval'ed.
@@ -45,6 +46,12 @@ if [ -n "${HPCTRAIN_IMAGE:-}" ]; then
   HPCTRAIN=(apptainer exec --nv "$HPCTRAIN_IMAGE" hpctrain)
 else
   HPCTRAIN=("${HPCTRAIN_BIN:-hpctrain}")
+fi
+
+# HPCTRAIN_INTERFACE: the network every transport uses (mpirun's own runtime too), as distribute.interface.
+if [ -n "${HPCTRAIN_INTERFACE:-}" ]; then
+  while IFS= read -r _hpctrain_var; do export "${_hpctrain_var?}"; done \
+    < <("${HPCTRAIN[@]}" env --interface-variables "$HPCTRAIN_INTERFACE")
 fi
 
 # Prefix of one rank of an srun or mpirun step: "${HPCTRAIN_RANK[@]}" "${HPCTRAIN[@]}" train ...
