@@ -59,3 +59,11 @@ def test_mpi_flavours():
     out = run("mpi_flavours.py", ROOT / ".venv", "--steps", 10, "--repeats", 1)
     [row] = rows(out, str(ROOT / ".venv"))  # resolved: the environment's own folder
     assert "Open MPI" in row and row.endswith("| 1.00 |")
+
+
+def test_faults_multinode():
+    out = run("faults_multinode.py", "--repeats", 1, "--launchers", "mpirun", "--faults", "node killed",
+              "--steps", 8)
+    [fault] = rows(out, "mpirun")
+    assert fault.split("|")[5].strip() not in ("0", "None") and fault.endswith("| 0 |")  # failed, nothing left
+    assert len(rows(out, "2 nodes x 1 worker")) == 1 and len(rows(out, "side by side")) == 1

@@ -75,9 +75,12 @@ def test_two_workers_train_real_data_and_only_the_chief_writes(tmp_path, mnist_h
     args = ["launch", "-n", 2, job, "--backend", backend] + (["--launcher", launcher] if launcher else [])
     run_hpctrain(*args, check=True)
     run = tmp_path / "run"
+    heartbeats = [".ranks"] if backend != "mirrored" else []  # every process of a multi-process job writes one
     assert sorted(p.name for p in run.iterdir()) == sorted(
         ["checkpoints", "curves.png", "metrics.csv", "metrics.jsonl", "model.json", "spec.toml", "tensorboard",
-         "timing.json"])
+         "timing.json", *heartbeats])
+    if heartbeats:
+        assert sorted(p.name for p in (run / ".ranks").iterdir()) == ["0.json", "1.json"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and all("val_loss" in r for r in rows)
     for sub in ("train", "validation"):  # one writer: one event file per folder
