@@ -8,12 +8,14 @@ job, per launcher, and 2-node Horovod throughput against the side-by-side ceilin
 Faults (on node2, once the run has ended an epoch): every process of the node killed (its slurmd spared),
 the node's link set down, its rank stopped with SIGSTOP. Printed: seconds from the fault to the job's end
 (median and range over the rounds), exit code, and whether any process of the job was left on a node.
-Throughput: the U-Net of scaling_cpu.py, Horovod over TCP between the nodes (one core each, mpirun through
-`launch --hosts`), against two independent 1-worker runs at once, one per node, that never communicate.
+Throughput: the U-Net of scaling_cpu.py, Horovod over TCP between the nodes (one core each; mpirun and
+horovodrun --gloo through `launch --hosts`), against two independent 1-worker runs at once, one per node,
+that never communicate.
 """
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -55,7 +57,7 @@ def faults(cluster, tmp, args):
         for fault in args.faults.split(","):
             runs = []
             for round_ in range(args.repeats):
-                out = Path(tmp) / f"fault-{launcher}-{round_}"
+                out = Path(tmp) / f"fault-{launcher}-{fault.replace(' ', '-')}-{round_}"
                 job = spec.write(Path(tmp) / "fault.toml", name="fault", data={"path": str(data), "split": "holdout"},
                                  model={"name": "lenet5"},
                                  train={"batch_size": 16, "epochs": 1000, "steps_per_epoch": 20, "validation": False},
@@ -65,7 +67,7 @@ def faults(cluster, tmp, args):
                 runs.append(result)
                 left = sum(map(len, result.leftovers.values()))
                 print(f"{launcher:11} {fault:12} round {round_ + 1}: exit {result.code} after "
-                      f"{result.seconds:.1f} s, {left} processes left", flush=True)
+                      f"{result.seconds:.1f} s, {left} processes left {result.leftovers if left else ''}", flush=True)
             seconds = [r.seconds for r in runs]
             left = sum(sum(map(len, r.leftovers.values())) for r in runs)
             rows.append((launcher, fault, statistics.median(seconds), min(seconds), max(seconds),
@@ -88,7 +90,9 @@ def throughput(cluster, tmp, args):
     def samples_per_s(run_dir):
         return json.loads((run_dir / "timing.json").read_text())["throughput"]["samples_per_s"]
 
-    results = {"2 nodes x 1 worker (horovod, TCP)": [], "side by side (1 worker on each node)": []}
+    two = {"2 nodes x 1 worker (horovod mpirun, TCP)": "mpirun",
+           "2 nodes x 1 worker (horovodrun --gloo, TCP)": "horovodrun"}
+    results = {**{label: [] for label in two}, "side by side (1 worker on each node)": []}
     for round_ in range(args.repeats):
         out = Path(tmp) / f"tp-{round_}"
         procs = [cluster.popen(node, [HPCTRAIN, "train", str(job), "--force", "--set",
@@ -98,11 +102,13 @@ def throughput(cluster, tmp, args):
             raise SystemExit("a side-by-side run failed")
         results["side by side (1 worker on each node)"].append(sum(samples_per_s(Path(f"{out}-{n}"))
                                                                    for n in ("node1", "node2")))
-        proc = cluster.on("node1", HPCTRAIN, "launch", str(job), "--hosts", "node1:1,node2:1", "--backend", "horovod",
-                          "--force", "--set", f"output.dir={json.dumps(f'{out}-2')}", env=env, timeout=1800)
-        if proc.returncode:
-            raise SystemExit(f"the 2-node run failed: {proc.stderr[-2000:]}")
-        results["2 nodes x 1 worker (horovod, TCP)"].append(samples_per_s(Path(f"{out}-2")))
+        for label, launcher in two.items():
+            proc = cluster.on("node1", HPCTRAIN, "launch", str(job), "--hosts", "node1:1,node2:1", "--backend",
+                              "horovod", "--launcher", launcher, "--force", "--set",
+                              f"output.dir={json.dumps(f'{out}-{launcher}')}", env=env, timeout=1800)
+            if proc.returncode:
+                raise SystemExit(f"the 2-node run failed: {proc.stderr[-2000:]}")
+            results[label].append(samples_per_s(Path(f"{out}-{launcher}")))
         print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in results.items()), flush=True)
     ceiling = statistics.median(results["side by side (1 worker on each node)"])
     print(f"\nU-Net of scaling_cpu.py, {args.steps} steps (5 warm-up), median of {args.repeats} rounds\n")
@@ -121,6 +127,7 @@ def main():
     parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--no-throughput", action="store_true")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the cluster is torn down on the way out
     cluster = NodeCluster(Path(tempfile.mkdtemp(prefix="hpctrain-nodes-")))
     try:
         cluster.start()

@@ -127,7 +127,19 @@ class NodeCluster(SlurmCluster):
 
     # Faults.
     def set_link(self, node, up):
+        """Cuts the node's link, or mends it: up again, with the neighbour entries that failed meanwhile
+        forgotten (else connections see 'No route to host' until the kernel retries them)."""
         subprocess.run(["ip", "link", "set", self.link(node), "up" if up else "down"], check=True)
+        if up:
+            for n in self.nodes.values():
+                subprocess.run(["ip", "-n", n.netns, "neigh", "flush", "dev", "eth0"], capture_output=True)
+            subprocess.run(["ip", "neigh", "flush", "dev", self.bridge], capture_output=True)
+            probe = f"import socket; socket.create_connection(('{self.head_address}', {self.ctld_port}), 1).close()"
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # until the node reaches slurmctld on the head again
+                if self.on(node, "/usr/bin/python3", "-c", probe).returncode == 0:
+                    break
+                time.sleep(0.1)
 
     def link_bytes(self, node):
         """(rx, tx) bytes of the node's root-side veth (tx: towards the node)."""
@@ -257,7 +269,8 @@ class NodeCluster(SlurmCluster):
         r = self.root
         (r / "state").mkdir(exist_ok=True)
         (r / "munge").mkdir(exist_ok=True)
-        ctld_port, slurmd_port = free_ports(2)
+        self.ctld_port, slurmd_port = free_ports(2)
+        ctld_port = self.ctld_port
         (r / "plugstack.conf").write_text("")
         node_lines = "".join(f"NodeName={n.name} NodeAddr={n.address} CPUs=2 Boards=1 SocketsPerBoard=1 "
                              "CoresPerSocket=2 ThreadsPerCore=1 State=UNKNOWN\n" for n in self.nodes.values())
@@ -309,6 +322,12 @@ ReturnToService=2
         for name in self.nodes:
             self._run(*self.command(name, ["slurmd", "-N", name]))
             self._started.append(self.root / "run" / f"slurmd.{name}.pid")
+
+    def restart_slurmd(self, node, timeout=120):
+        """Starts the node's slurmd again (after kill_node(node, slurmd=True)); waits until the node is idle."""
+        if self.slurmd_pid(node) is None or not _alive(self.slurmd_pid(node)):
+            self._run(*self.command(node, ["slurmd", "-N", node]))
+        self._wait_idle(timeout)
 
     def _wait_idle(self, timeout=30):
         deadline = time.monotonic() + timeout
@@ -411,6 +430,10 @@ def _cmdline(pid):
         return b""
 
 
+def _program(pid):
+    return _cmdline(pid).split(b"\0")[0].decode(errors="replace")
+
+
 def _kill_all(pids, timeout=10):
     for p in pids:
         try:
@@ -428,8 +451,8 @@ def _freeze(cluster, node):
         os.kill(pid, signal.SIGSTOP)
 
 
-FAULTS = {
-    "node killed": (lambda c, node: c.kill_node(node), lambda c, node: None),
+FAULTS = {  # "node killed": everything on it, its slurmd too, as when a node crashes
+    "node killed": (lambda c, node: c.kill_node(node, slurmd=True), lambda c, node: c.restart_slurmd(node)),
     "link cut": (lambda c, node: c.set_link(node, False), lambda c, node: c.set_link(node, True)),
     "rank frozen": (_freeze, lambda c, node: _kill_all(c.training_pids(node))),
 }
@@ -440,13 +463,15 @@ class Outcome:
     code: int          # the job's exit code
     seconds: float     # from the fault to the job's end
     stderr: str
-    leftovers: dict    # node -> pids of the job still there 15 s after its end
+    leftovers: dict    # node -> "PID COMMAND" of the job's processes still there 15 s after its end
 
 
 def fault_run(cluster, argv, env, run_dir, fault, node="node2", timeout=300, started=None):
     """Runs argv on node1; once the run in `run_dir` has ended an epoch, injects FAULTS[fault] on `node`
     and times the job's end. `started` (a callable) replaces the epoch check, e.g. for Slurm jobs."""
     inject, repair = FAULTS[fault]
+    if (run_dir / "metrics.jsonl").exists():
+        raise ValueError(f"{run_dir} holds an earlier run: its epoch would not be this job's")
     log = Path(tempfile.mkstemp(prefix="hpctrain-fault-", suffix=".err")[1])
     with open(log, "w") as err:
         proc = cluster.popen("node1", argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -468,7 +493,8 @@ def fault_run(cluster, argv, env, run_dir, fault, node="node2", timeout=300, sta
         settle = time.monotonic() + 15  # processes a launcher has just signalled may take a moment to go
         while any(cluster.training_pids(n, everything=True) for n in cluster.names) and time.monotonic() < settle:
             time.sleep(0.2)
-        leftovers = {n: cluster.training_pids(n, everything=True) for n in cluster.names}
+        leftovers = {n: [f"{pid} {_program(pid)}" for pid in cluster.training_pids(n, everything=True)]
+                     for n in cluster.names}
         return Outcome(code, seconds, log.read_text(errors="replace"), leftovers)
     finally:
         repair(cluster, node)

@@ -66,4 +66,4 @@ def test_faults_multinode():
               "--steps", 8)
     [fault] = rows(out, "mpirun")
     assert fault.split("|")[5].strip() not in ("0", "None") and fault.endswith("| 0 |")  # failed, nothing left
-    assert len(rows(out, "2 nodes x 1 worker")) == 1 and len(rows(out, "side by side")) == 1
+    assert len(rows(out, "2 nodes x 1 worker")) == 2 and len(rows(out, "side by side")) == 1

@@ -87,7 +87,7 @@ def test_multiworker_across_hosts_gets_one_tf_config_per_worker(monkeypatch):
     monkeypatch.setattr(hosts, "is_local", lambda name: name == "node1")
     workers = local._workers(4, ["python", "-m", "hpctrain", "train", "job.toml"], {"PATH": "/v/bin", "X": "no"},
                              where())
-    names = [name for name, _, _ in workers]
+    names = [name for name, *_ in workers]
     assert names == ["worker 0 (node1)", "worker 1 (node1)", "worker 2 (node2)", "worker 3 (node2)"]
     here = json.loads(workers[1][2]["TF_CONFIG"])
     assert here["task"]["index"] == 1 and here["cluster"]["worker"][2] == "10.1.0.12:7101"

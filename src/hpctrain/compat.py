@@ -92,17 +92,23 @@ def op_error_line(error, hosts=()):
     lost = re.search(r"task:(\d+) heartbeat timeout", error.message)
     if lost:
         rank = int(lost[1])
-        host = f" ({hosts[rank].rsplit(':', 1)[0]})" if rank < len(hosts) else ""
+        host = f" ({_host_of(hosts[rank].rsplit(':', 1)[0])})" if rank < len(hosts) else ""
         return f"rank {rank}{host} stopped responding (TensorFlow's heartbeat to it timed out)"
     cut = re.search(r"(Read|Write|Connect) error \[([\d.]+)\]:\d+: ([^\n\[]+)", error.message)  # Gloo's pairs
     if cut:
-        import socket
-
-        try:
-            peer = f"{socket.gethostbyaddr(cut[2])[0]} ({cut[2]})"
-        except OSError:
-            peer = cut[2]
-        return f"lost the connection to {peer}: {cut[1].lower()} error: {cut[3].strip()}"
+        return f"lost the connection to {_host_of(cut[2])}: {cut[1].lower()} error: {cut[3].strip()}"
     lines = [line.strip() for line in error.message.splitlines()
              if line.strip() and not line.strip().startswith(("Graph execution error", "Detected at node", "File "))]
     return f"{type(error).__name__}: {(lines or ['(no message)'])[-1][:500]}"
+
+
+def _host_of(address):
+    """'node2 (10.1.0.12)' for an IPv4 address the host names know, else the address or name as it is."""
+    import ipaddress
+    import socket
+
+    try:
+        ipaddress.IPv4Address(address)
+        return f"{socket.gethostbyaddr(address)[0]} ({address})"
+    except (ValueError, OSError):
+        return address

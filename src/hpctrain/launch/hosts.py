@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpctrain.distribute import network
 from hpctrain.errors import UserError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -115,13 +116,33 @@ def remote(name, command, options=()):
     return [agent(), "-o", "BatchMode=yes", *options, name, shlex.join(command)]
 
 
+def _listener(interface):
+    """A TCP listener on this host that the other hosts must be able to connect to, and its address; None
+    where this host's address is only a loopback one (then nothing can be checked)."""
+    try:
+        address = network.address(interface) if interface else socket.gethostbyname(socket.gethostname())
+    except (OSError, UserError):
+        return None, None
+    if address.startswith("127."):
+        return None, None
+    sock = socket.socket()
+    sock.bind((address, 0))
+    sock.listen(256)  # connections complete in the kernel; none is accepted
+    return sock, f"{address}:{sock.getsockname()[1]}"
+
+
 def probe(hosts, interface=None, ports=0, timeout=None):
-    """{name: Answer} of every host, asked in parallel; a UserError naming the first host that failed.
-    `timeout`: seconds a host may take to answer, ssh's connection included (default $HPCTRAIN_CONNECT_TIMEOUT,
-    else 30)."""
+    """{name: Answer} of every host, asked in parallel; a UserError naming the first host that failed: one
+    that does not answer, lacks the interface, or cannot open a connection back to this host (its network
+    is down; mpirun's daemons and the ranks would hang at the start). `timeout`: seconds a host may take to
+    answer, ssh's connection included (default $HPCTRAIN_CONNECT_TIMEOUT, else 30)."""
     timeout = float(timeout or os.environ.get("HPCTRAIN_CONNECT_TIMEOUT") or 30)
+    listener, back = _listener(interface)
+
     def ask(host):
         command = [sys.executable, "-m", "hpctrain.launch.probe", *([interface] if interface else []), str(ports)]
+        if back and not is_local(host.name):
+            command += ["--reach", back]
         argv = remote(host.name, command, ["-o", f"ConnectTimeout={int(timeout)}"])
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -137,11 +158,17 @@ def probe(hosts, interface=None, ports=0, timeout=None):
             return f"host {host.name} cannot be reached: {said}"
         if "error" in reply:
             return f"host {host.name}: {reply['error']}"
+        if reply.get("unreachable"):
+            return f"host {host.name} cannot connect back to {socket.gethostname()} ({back}): {reply['unreachable']}"
         return Answer(host.name, reply["host"], reply["address"] or host.name, tuple(reply["ports"]),
                       reply.get("named_interface"))
 
-    with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
-        answers = list(pool.map(ask, hosts))
+    try:
+        with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
+            answers = list(pool.map(ask, hosts))
+    finally:
+        if listener is not None:
+            listener.close()
     for a in answers:
         if isinstance(a, str):
             raise UserError(a)

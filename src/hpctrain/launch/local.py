@@ -172,19 +172,19 @@ def tf_config(workers, index):
 
 
 def _workers(n, argv, env, where):
-    """(name, argument list, environment) of each supervised worker of the `local` launcher: on this node,
-    or on its host through the agent (with the forwarded variables and this folder, as mpirun does)."""
+    """(name, argument list, environment, here) of each supervised worker of the `local` launcher: on this
+    node, or on its host through the agent (with the forwarded variables and this folder, as mpirun does)."""
     if where is None:
         addresses = [f"127.0.0.1:{p}" for p in free_ports(n)]
-        return [(f"worker {i}", list(argv), {**env, "TF_CONFIG": tf_config(addresses, i)}) for i in range(n)]
+        return [(f"worker {i}", list(argv), {**env, "TF_CONFIG": tf_config(addresses, i)}, True) for i in range(n)]
     addresses, out = where.addresses(), []
     for i, host in enumerate(where.workers):
         mine = {**env, "TF_CONFIG": tf_config(addresses, i)}
         if hosts_mod.is_local(host):
-            out.append((f"worker {i} ({host})", list(argv), mine))
-            continue
-        forwarded = [f"{name}={mine[name]}" for name in _forwarded(mine)]
-        out.append((f"worker {i} ({host})", hosts_mod.remote(host, ["env", "-C", os.getcwd(), *forwarded, *argv]), env))
+            out.append((f"worker {i} ({host})", list(argv), mine, True))
+        else:
+            command = ["env", "-C", os.getcwd(), *[f"{name}={mine[name]}" for name in _forwarded(mine)], *argv]
+            out.append((f"worker {i} ({host})", hosts_mod.remote(host, command), env, False))
     return out
 
 
@@ -195,10 +195,8 @@ def command(n, argv, launcher, where=None):
         return [mpirun_command(n, argv, env, where)]
     if launcher == "horovodrun":
         return [horovodrun_command(n, argv, where)]
-    if where is None:  # as a shell would run them
-        return [["env", f"TF_CONFIG={mine['TF_CONFIG']}", *cmd] for _, cmd, mine in _workers(n, argv, env, None)]
-    return [cmd if not hosts_mod.is_local(host) else ["env", f"TF_CONFIG={mine['TF_CONFIG']}", *cmd]
-            for (_, cmd, mine), host in zip(_workers(n, argv, env, where), where.workers)]
+    return [["env", f"TF_CONFIG={mine['TF_CONFIG']}", *cmd] if here else cmd
+            for _, cmd, mine, here in _workers(n, argv, env, where)]
 
 
 def format_command(cmd):
@@ -219,8 +217,8 @@ def run(n, argv, launcher, env=None, grace=10.0, where=None, run_dir=None):
         stalled.unlink(missing_ok=True)
     if launcher == "local":
         workers = _workers(n, argv, env, where)
-        procs = [subprocess.Popen(cmd, env=mine) for _, cmd, mine in workers]
-        return supervise(procs, grace, [name for name, _, _ in workers], stalled)
+        procs = [subprocess.Popen(cmd, env=mine) for _, cmd, mine, _ in workers]
+        return supervise(procs, grace, [name for name, *_ in workers], stalled)
     cmd = mpirun_command(n, argv, env, where) if launcher == "mpirun" else horovodrun_command(n, argv, where)
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
     tail = _Tail(proc.stderr)
