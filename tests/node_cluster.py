@@ -270,48 +270,20 @@ class NodeCluster(SlurmCluster):
         (r / "state").mkdir(exist_ok=True)
         (r / "munge").mkdir(exist_ok=True)
         self.ctld_port, slurmd_port = free_ports(2)
-        ctld_port = self.ctld_port
-        (r / "plugstack.conf").write_text("")
         node_lines = "".join(f"NodeName={n.name} NodeAddr={n.address} CPUs=2 Boards=1 SocketsPerBoard=1 "
                              "CoresPerSocket=2 ThreadsPerCore=1 State=UNKNOWN\n" for n in self.nodes.values())
-        self.conf.write_text(f"""\
+        self.write_slurm_conf(f"""\
 ClusterName=hpctrain-nodes
 SlurmctldHost={self.host}({self.head_address})
-SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-AuthInfo=socket={self.munge_socket},cred_expire=5
-StateSaveLocation={r}/state
 SlurmdSpoolDir={r}/nodes/%n/spool
-SlurmctldPidFile={r}/slurmctld.pid
 SlurmdPidFile={r}/run/slurmd.%n.pid
-SlurmctldLogFile={r}/log/slurmctld.log
 SlurmdLogFile={r}/log/slurmd.%n.log
-PlugStackConfig={r}/plugstack.conf
 # A step's PMIx folder is per node only under TmpFS (a shared /tmp makes the second node fail).
 TmpFS={r}/nodes/%n/tmp
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/filetxt
-JobCompLoc={self.jobcomp}
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-MpiDefault=pmix
-SlurmdParameters=config_overrides
-EnforcePartLimits=ALL
-SchedulerParameters=batch_sched_delay=0,sched_interval=1,bf_interval=1
-MailProg=/bin/true
-MinJobAge=30
 KillWait=5
 SlurmdTimeout=30
-ReturnToService=2
-{node_lines}PartitionName=debug Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE State=UP
-""")
+""", slurmd_port, node_lines + f"PartitionName=debug Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE "
+                                "State=UP\n")
 
     def _start_daemons(self):
         head = ["nsenter", f"--uts={self._head_dir / 'uts'}", "--", "unshare", "--mount", "--", "/bin/sh", "-c",

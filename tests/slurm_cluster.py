@@ -77,13 +77,27 @@ class SlurmCluster:
             dev = r / "dev" / f"gpu{i}"
             if not dev.exists():
                 os.mknod(dev, 0o666 | 0o020000, os.makedev(1, 3))
-        ctld_port, slurmd_port = free_ports(2)
-        (r / "plugstack.conf").write_text("")  # not the site's /etc/slurm/plugstack.conf
         (r / "gres.conf").write_text(f"NodeName={self.host} Name=gpu File={r}/dev/gpu[0-{self.gpus - 1}]\n")
-        self.conf.write_text(f"""\
+        self.ctld_port, slurmd_port = free_ports(2)
+        self.write_slurm_conf(f"""\
 ClusterName=hpctrain-test
 SlurmctldHost={self.host}(127.0.0.1)
-SlurmctldPort={ctld_port}
+SlurmdSpoolDir={r}/spool
+SlurmdPidFile={r}/slurmd.pid
+SlurmdLogFile={r}/log/slurmd.log
+KillWait=15
+GresTypes=gpu
+""", slurmd_port, f"""\
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} Gres=gpu:{self.gpus} State=UNKNOWN
+PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
+""")
+
+    def write_slurm_conf(self, own, slurmd_port, nodes):
+        """slurm.conf: this cluster's `own` settings, what every test cluster shares, then its `nodes` lines."""
+        r = self.root
+        (r / "plugstack.conf").write_text("")  # not the site's /etc/slurm/plugstack.conf
+        self.conf.write_text(own + f"""\
+SlurmctldPort={self.ctld_port}
 SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
@@ -92,11 +106,8 @@ CredType=cred/munge
 # Own munged; cred_expire is also how long a requeued job waits before it may start again (default 120 s).
 AuthInfo=socket={self.munge_socket},cred_expire=5
 StateSaveLocation={r}/state
-SlurmdSpoolDir={r}/spool
 SlurmctldPidFile={r}/slurmctld.pid
-SlurmdPidFile={r}/slurmd.pid
 SlurmctldLogFile={r}/log/slurmctld.log
-SlurmdLogFile={r}/log/slurmd.log
 PlugStackConfig={r}/plugstack.conf
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -112,12 +123,8 @@ EnforcePartLimits=ALL
 SchedulerParameters=batch_sched_delay=0,sched_interval=1,bf_interval=1
 MailProg=/bin/true
 MinJobAge=30
-KillWait=15
 ReturnToService=2
-GresTypes=gpu
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} Gres=gpu:{self.gpus} State=UNKNOWN
-PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
-""")
+""" + nodes)
 
     def start(self):
         missing = [b for b in DAEMONS + CLIENTS if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]

@@ -52,8 +52,8 @@ def test_placement_fills_slot_by_slot_and_refuses_more_workers_than_slots():
 
 
 def where(interface="eth0"):
-    answers = {"node1": hosts.Answer("node1", "node1", "10.1.0.11", (7001, 7002)),
-               "node2": hosts.Answer("node2", "node2", "10.1.0.12", (7101, 7102))}
+    answers = {"node1": hosts.Answer("node1", "10.1.0.11", (7001, 7002)),
+               "node2": hosts.Answer("node2", "10.1.0.12", (7101, 7102))}
     return hosts.Placement(("node1", "node1", "node2", "node2"), answers, interface)
 
 

@@ -304,15 +304,6 @@ class MirroredBackend(_TFDistributeBackend):
     slurm_templates = ("mirrored",)
 
     @classmethod
-    def hosts_plan(cls, n, launcher=None):
-        """(launcher, processes, spec overrides) that give `n` workers on hosts named by `launch --hosts`."""
-        if not cls.multi_process:
-            several = [name for name, b in BACKENDS.items() if b.multi_process]
-            raise UserError(f"backend {cls.name!r} runs as one process on one node; on several hosts choose "
-                            f"--backend {one_of(several)}")
-        return cls.local_plan(n, launcher)
-
-    @classmethod
     def worker_overrides(cls, n):
         return [f"distribute.devices={n}"]  # logical CPU devices; with GPUs it drives all it sees
 

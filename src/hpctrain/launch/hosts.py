@@ -1,8 +1,8 @@
 """Hosts outside Slurm (bare clusters, PBS or LSF allocations, a site tool's hostfile): `--hosts node1:2,node2:2`
 or `--hostfile FILE` in Open MPI's format (`node1 slots=2`, `#` comments). Before anything starts, every
-host is asked through the launch agent (ssh, or $HPCTRAIN_RSH) for its name, the job interface's address
-and free ports (hpctrain.launch.probe): a host that does not answer, lacks the interface or has too few
-slots is a one-line error, and nothing has started."""
+host is asked through the launch agent (ssh, or $HPCTRAIN_RSH) for the job interface's address and free
+ports (hpctrain.launch.probe): a host that does not answer, lacks the interface, cannot connect back or has
+too few slots is a one-line error, and nothing has started."""
 import json
 import os
 import re
@@ -29,7 +29,6 @@ class Host:
 @dataclass(frozen=True)
 class Answer:
     name: str            # as the user named it
-    hostname: str        # as the host calls itself
     address: str         # where its workers are reached: the interface's address, else the name
     ports: tuple
     named_interface: str | None = None  # the interface its own name resolves to
@@ -160,7 +159,7 @@ def probe(hosts, interface=None, ports=0, timeout=None):
             return f"host {host.name}: {reply['error']}"
         if reply.get("unreachable"):
             return f"host {host.name} cannot connect back to {socket.gethostname()} ({back}): {reply['unreachable']}"
-        return Answer(host.name, reply["host"], reply["address"] or host.name, tuple(reply["ports"]),
+        return Answer(host.name, reply["address"] or host.name, tuple(reply["ports"]),
                       reply.get("named_interface"))
 
     try:

@@ -188,9 +188,14 @@ def _workers(n, argv, env, where):
     return out
 
 
+def _with_interface(env, where):
+    """`env` with the transports' variables for the interface of a Placement (none without one)."""
+    return {**env, **network.variables(where.interface if where else None)}
+
+
 def command(n, argv, launcher, where=None):
     """The command that `launch` runs (for --print); for `local`, one line per worker."""
-    env = {**os.environ, **network.variables(where.interface if where else None)}
+    env = _with_interface(os.environ, where)
     if launcher == "mpirun":
         return [mpirun_command(n, argv, env, where)]
     if launcher == "horovodrun":
@@ -211,7 +216,7 @@ def run(n, argv, launcher, env=None, grace=10.0, where=None, run_dir=None):
         raise UserError(f"unknown launcher {launcher!r} (choose from {', '.join(LAUNCHERS)})")
     if n < 1:
         raise UserError(f"number of workers must be at least 1, not {n}")
-    env = {**os.environ, **network.variables(where.interface if where else None), **(env or {})}
+    env = {**_with_interface(os.environ, where), **(env or {})}
     stalled = RunDir(run_dir).stalled if run_dir else None
     if stalled is not None:
         stalled.unlink(missing_ok=True)

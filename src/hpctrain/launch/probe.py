@@ -1,8 +1,7 @@
 """Run on each host before a multi-host launch (`python -m hpctrain.launch.probe [INTERFACE] PORTS [--reach
-ADDRESS:PORT]`): prints
-one JSON line with the host's name, the address its workers are reached at (that of INTERFACE, if given),
-PORTS free TCP ports on it, the interface its own name resolves to and whether it could open a connection to
-the launching host's ADDRESS:PORT; or {"error": ...} when the host lacks the interface."""
+ADDRESS:PORT]`): prints one JSON line with the address its workers are reached at (that of INTERFACE, if
+given), PORTS free TCP ports on it, the interface its own name resolves to and whether it could open a
+connection to the launching host's ADDRESS:PORT; or {"error": ...} when the host lacks the interface."""
 import json
 import socket
 import sys
@@ -34,7 +33,7 @@ def answer(interface, ports, reach=None):
             socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT).close()
         except OSError as e:
             unreachable = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-    return {"host": socket.gethostname(), "address": address, "ports": free, "named_interface": named,
+    return {"address": address, "ports": free, "named_interface": named,
             "unreachable": unreachable}
 
 
