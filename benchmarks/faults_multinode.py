@@ -9,8 +9,9 @@ Faults (on node2, once the run has ended an epoch): every process of the node ki
 the node's link set down, its rank stopped with SIGSTOP. Printed: seconds from the fault to the job's end
 (median and range over the rounds), exit code, and whether any process of the job was left on a node.
 Throughput: the U-Net of scaling_cpu.py, Horovod over TCP between the nodes (one core each; mpirun and
-horovodrun --gloo through `launch --hosts`), against two independent 1-worker runs at once, one per node,
-that never communicate.
+horovodrun --gloo through `launch --hosts`), against two independent 1-worker runs at once, one per node, that
+never communicate; then the exchange of the gradient set timed alone on the two nodes (exchange_cost.py), and the
+bound its cost puts on the 2-node figure.
 """
 import argparse
 import json
@@ -102,13 +103,13 @@ def throughput(cluster, tmp, args):
             raise SystemExit("a side-by-side run failed")
         results["side by side (1 worker on each node)"].append(sum(samples_per_s(Path(f"{out}-{n}"))
                                                                    for n in ("node1", "node2")))
-        for label, launcher in two.items():
+        for i, (label, launcher) in enumerate(two.items()):
             proc = cluster.on("node1", HPCTRAIN, "launch", str(job), "--hosts", "node1:1,node2:1", "--backend",
                               "horovod", "--launcher", launcher, "--force", "--set",
-                              f"output.dir={json.dumps(f'{out}-{launcher}')}", env=env, timeout=1800)
+                              f"output.dir={json.dumps(f'{out}-{i}')}", env=env, timeout=1800)
             if proc.returncode:
                 raise SystemExit(f"the 2-node run failed: {proc.stderr[-2000:]}")
-            results[label].append(samples_per_s(Path(f"{out}-{launcher}")))
+            results[label].append(samples_per_s(Path(f"{out}-{i}")))
         print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in results.items()), flush=True)
     ceiling = statistics.median(results["side by side (1 worker on each node)"])
     print(f"\nU-Net of scaling_cpu.py, {args.steps} steps (5 warm-up), median of {args.repeats} rounds\n")
@@ -116,6 +117,26 @@ def throughput(cluster, tmp, args):
     for label, values in results.items():
         median = statistics.median(values)
         print(f"| {label} | {median:.2f} | {min(values):.2f}-{max(values):.2f} | {100 * median / ceiling:.1f} % |")
+    exchange_bound(cluster, job, env, step=spec.load(job).train.batch_size / (ceiling / 2))
+
+
+def exchange_bound(cluster, job, env, step):
+    """What the exchange of the gradient set alone costs on the two nodes (benchmarks/exchange_cost.py, mpirun
+    over TCP), and the bound it puts on 2-node throughput: step / (step + cost), with none of the exchange's
+    wall time hidden behind compute, and with all of it hidden but its CPU time (each node has one core)."""
+    from hpctrain.launch import local
+    from hpctrain.launch.hosts import Placement
+
+    where = Placement(("node1", "node2"), {}, cluster.interface)
+    worker = [sys.executable, str(ROOT / "benchmarks" / "exchange_cost.py"), str(job)]
+    proc = cluster.on("node1", *local.OPEN_MPI.command("mpirun", 2, worker, env, where), env=env, timeout=600)
+    if proc.returncode:
+        raise SystemExit(f"the exchange run failed: {proc.stderr[-2000:]}")
+    cost = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"\nexchange of the gradient set alone ({cost['bytes'] / 1e6:.1f} MB, 2 nodes, mpirun): "
+          f"{1e3 * cost['wall_s']:.1f} ms wall, {1e3 * cost['cpu_s']:.1f} ms CPU per step; 1-worker step "
+          f"{1e3 * step:.0f} ms -> 2-node bound {100 * step / (step + cost['wall_s']):.1f} % (no overlap) to "
+          f"{100 * step / (step + cost['cpu_s']):.1f} % (all but the CPU time hidden) of side by side")
 
 
 def main():

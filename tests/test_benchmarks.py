@@ -67,3 +67,5 @@ def test_faults_multinode():
     [fault] = rows(out, "mpirun")
     assert fault.split("|")[5].strip() not in ("0", "None") and fault.endswith("| 0 |")  # failed, nothing left
     assert len(rows(out, "2 nodes x 1 worker")) == 2 and len(rows(out, "side by side")) == 1
+    bound = re.search(r"exchange of the gradient set alone \(([\d.]+) MB.*-> 2-node bound ([\d.]+) %", out)
+    assert bound and float(bound[1]) > 1 and 0 < float(bound[2]) < 100, out[-1000:]
