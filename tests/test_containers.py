@@ -1,13 +1,11 @@
-"""The Apptainer definitions (containers/*.def) and containers/build.sh.
-
-No Apptainer or Singularity runtime exists on the machines these tests run on, so no image is built
-or run here: the definitions are parsed (spython's Singularity recipe parser) and checked against the
-project's pins, and build.sh is run against a fake `apptainer`. The one slow test runs the CPU image's
-%test script on the host, whose stack is what the CPU image's install.sh makes, but not the image.
+"""The image recipe (containers/recipe.sh), the Apptainer definitions and the Containerfile that call it, and
+containers/build.sh, without building an image: the definitions are parsed (spython's Singularity recipe parser)
+and checked against the project's pins, build.sh runs against stand-in engines, and the slow test runs the images'
+own checks on the host's stack. The images themselves are built and checked by `make test-containers`
+(tests/containers/check_images.py); no Apptainer runtime exists where these tests run.
 """
 import os
 import re
-import shlex
 import subprocess
 import sys
 import tomllib
@@ -66,15 +64,6 @@ def recipe(kind):
     return parser.recipe[parser.active_layer]
 
 
-def post_script(kind):
-    """%post as shell text, continuation lines joined and its top-level NAME=value variables expanded."""
-    text = "\n".join(sections(kind)["post"]).replace("\\\n", " ")
-    variables = dict(re.findall(r"^\s*([A-Z_]+)=(\S+)\s*$", text, re.M))
-    for name, value in variables.items():
-        text = re.sub(r"\$\{?%s\}?" % name, value, text)
-    return text, variables
-
-
 def labels(kind):
     return dict(line.split(None, 1) for line in recipe(kind).labels)
 
@@ -108,39 +97,35 @@ def test_files_copy_the_project_from_the_root(kind):
         assert dest == f"/opt/hpctrain/src/{source}"
 
 
-def test_cpu_image_is_made_by_install_sh():
-    post, _ = post_script("cpu")
-    calls = [line for line in post.splitlines() if "install.sh" in line]
-    assert len(calls) == 1
-    words = shlex.split(calls[0])
-    assert words[-2:] == ["bash", "/opt/hpctrain/src/install.sh"]
-    assert {"HPCTRAIN_NO_SLURM=1", f"HPCTRAIN_VENV={VENV}"} <= set(words)
-    assert dict(line.split() for line in recipe("cpu").files)["install.sh"] == "/opt/hpctrain/src/install.sh"
-    assert recipe("cpu").fromHeader in ("debian:12", "python:3.11-slim-bookworm")
+def containerfile():
+    """(COPY sources, RUN lines, the BASE default) of containers/Containerfile."""
+    lines = (CONTAINERS / "Containerfile").read_text().splitlines()
+    copies = [src.rstrip("/") for line in lines if line.startswith("COPY ") for src in line.split()[1:-1]]
+    runs = [line.removeprefix("RUN ").strip() for line in lines if line.startswith("RUN ")]
+    base = next(line.split("=", 1)[1] for line in lines if line.startswith("ARG BASE="))
+    return copies, runs, base
 
 
-def test_gpu_image_builds_horovod_with_nccl_against_the_locked_stack():
-    post, variables = post_script("gpu")
-    first = next(line.strip() for line in sections("gpu")["post"] if line.strip() and not line.strip().startswith("#"))
-    assert first.startswith("OMPI_VERSION="), "the Open MPI version is the first setting of %post"
-    assert labels("gpu")["hpctrain.openmpi"] == variables["OMPI_VERSION"]
-    configure = next(line for line in post.splitlines() if "./configure" in line)
-    assert "--with-pmix" in configure and "--with-slurm" in configure
-    assert f'-m venv "{VENV}"' in post
-    assert '-r "/opt/hpctrain/src/requirements.lock"' in post  # every pin from the lock itself
-    horovod = next(line for line in post.splitlines() if "install" in line and "horovod==" in line)
-    for setting in ("HOROVOD_GPU_OPERATIONS=NCCL", "HOROVOD_WITH_TENSORFLOW=1", "HOROVOD_WITH_MPI=1",
-                    "HOROVOD_WITH_GLOO=1"):
-        assert setting in horovod.split(), setting
-    assert "--no-build-isolation" in horovod  # built against the installed TensorFlow
-    assert "hvd.nccl_built()" in post
+@pytest.mark.parametrize("kind", KINDS)
+def test_definitions_and_containerfile_run_the_one_recipe(kind):
+    """What an image holds is containers/recipe.sh: the definitions' %post and %test only call it, and the
+    Containerfile copies the same files (so the two can never drift) and runs its two layers."""
+    recipe_sh = "/opt/hpctrain/src/containers/recipe.sh"
+    body = {name: [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+            for name, lines in sections(kind).items()}
+    assert body["post"] == [f"{recipe_sh} {kind} install"]
+    assert body["test"] == [f"{recipe_sh} {kind} test"]
+    copies, runs, base = containerfile()
+    assert sorted(copies) == sorted(dict(line.split() for line in recipe(kind).files))
+    assert runs == [f'{recipe_sh} "${{FLAVOUR}}" deps', f'{recipe_sh} "${{FLAVOUR}}" install']
+    assert base == f"docker.io/library/{recipe(kind).fromHeader}" == "docker.io/library/debian:12"
 
 
-def test_gpu_base_image_is_tensorflow_of_the_pinned_minor_version():
-    image, tag = recipe("gpu").fromHeader.split(":")
-    assert image == "tensorflow/tensorflow" and tag.endswith("-gpu")
-    pinned = project_pins()["tensorflow"]
-    assert tag.split(".")[:2] == pinned.split(".")[:2], (tag, pinned)
+def test_the_recipe_is_install_sh_into_the_image_venv():
+    text = (CONTAINERS / "recipe.sh").read_text()
+    call = next(line for line in text.splitlines() if '/install.sh"' in line)
+    assert "HPCTRAIN_NO_SLURM=1" in call and '--venv "$VENV"' in call and '"${flags[@]}"' in call
+    assert f"VENV={VENV}" in text.splitlines() and "gpu) flags=(--gpu)" in text
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -150,37 +135,18 @@ def test_every_version_the_definition_names_is_the_projects(kind):
     for key, value in labels(kind).items():
         if key == "org.opencontainers.image.version":
             found["hpctrain"] = value
-        elif key.startswith("hpctrain.") and key != "hpctrain.openmpi":
+        elif key.startswith("hpctrain."):
             found[_norm(key.removeprefix("hpctrain."))] = value
-    post, variables = post_script(kind)
-    for name, value in variables.items():
-        if name.endswith("_VERSION") and _norm(name.removesuffix("_VERSION")) in pins:
-            found[_norm(name.removesuffix("_VERSION"))] = value
-    for name, version in re.findall(r"([A-Za-z0-9_.-]+)(?:\[[\w,-]+\])?==([0-9][\w.]*)", post):
-        found[_norm(name)] = version
     assert {"tensorflow", "tf-keras", "horovod", "mpi4py", "h5py", "hpctrain", "python"} <= set(found)
     assert {name: version for name, version in found.items() if pins.get(name) != version} == {}
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_test_section_checks_hpctrain_and_a_two_rank_allreduce(kind):
-    lines = [line.strip() for line in sections(kind)["test"] if line.strip()]
-    assert "hpctrain env" in lines
-    mpirun = shlex.split(next(line for line in lines if line.startswith("mpirun ")))
-    assert {"--allow-run-as-root", "--oversubscribe"} <= set(mpirun)
-    assert mpirun[mpirun.index("-np") + 1] == "2"
-    code = mpirun[mpirun.index("-c") + 1]
-    compile(code, f"{kind} %test", "exec")
-    assert "hvd.allreduce" in code and "== 3.0" in code
-
-
 @pytest.mark.slow
-def test_cpu_test_section_passes_on_the_host_stack(tmp_path):
-    """The CPU image's %test, run as a script here, where install.sh made the same stack the image gets."""
-    script = tmp_path / "test.sh"
-    script.write_text("set -e\n" + "\n".join(sections("cpu")["test"]) + "\n")
+def test_cpu_recipe_checks_pass_on_the_host_stack():
+    """The images' own checks (recipe.sh cpu test), run here, where install.sh made the stack the CPU image gets."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(["bash", str(CONTAINERS / "recipe.sh"), "cpu", "test"], capture_output=True, text=True,
+                          env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "version: 0.28.1" in proc.stdout  # hpctrain env's Horovod line
     assert sorted(line for line in proc.stdout.splitlines() if "allreduce" in line) == [
@@ -192,30 +158,97 @@ def _build(args, path, cwd=ROOT, **env):
                           env={**os.environ, **env, "PATH": path}, cwd=cwd, timeout=30)
 
 
+def _one_line(proc, *words):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("containers/build.sh: "), proc.stderr
+    assert all(w in proc.stderr for w in words), proc.stderr
+
+
 def test_build_sh_without_a_runtime_exits_2_with_one_line(tmp_path):
     proc = _build(["cpu"], str(tmp_path))  # an empty PATH: no apptainer, no singularity
-    assert proc.returncode == 2
-    assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1
-    assert "apptainer" in proc.stderr and "singularity" in proc.stderr
+    _one_line(proc, "apptainer", "singularity")
+    assert proc.stdout == ""
+    _one_line(_build(["cpu", "--engine", "podman"], str(tmp_path)), "podman is not on PATH")
 
 
-@pytest.mark.parametrize("args", [[], ["tpu"], ["gpu", "a.sif", "extra"]])
-def test_build_sh_rejects_bad_arguments(tmp_path, args):
-    proc = _build(args, str(tmp_path))
-    assert proc.returncode == 2 and proc.stderr.startswith("usage: containers/build.sh gpu|cpu")
+@pytest.mark.parametrize("args, words", [([], ["usage"]), (["tpu"], ["unknown flavour 'tpu'"]),
+                                         (["gpu", "a.sif"], ["unknown option a.sif"]),
+                                         (["cpu", "--engine", "lxc"], ["unknown engine 'lxc'"]),
+                                         (["cpu", "--engine"], ["--engine needs a value"])])
+def test_build_sh_rejects_bad_arguments(tmp_path, args, words):
+    _one_line(_build(args, str(tmp_path)), *words)
 
 
-def test_build_sh_calls_the_builder_from_the_project_root(tmp_path):
-    """With a stand-in `apptainer` that records its arguments: quoting, output path and working directory."""
-    fake = tmp_path / "bin" / "apptainer"
-    fake.parent.mkdir()
-    fake.write_text('#!/bin/bash\npwd > "$RECORD"\nprintf "%s\\n" "$@" >> "$RECORD"\n')
+def _fake(tmp_path, name, script):
+    fake = tmp_path / "bin" / name
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text("#!/bin/bash\n" + script)
     fake.chmod(0o755)
+    return fake.parent
+
+
+APPTAINER = """pwd > "$RECORD"; ls -A >> "$RECORD"; ls -A containers >> "$RECORD"
+printf "%s\\n" "$@" >> "$RECORD"
+echo sif > "${@: -2:1}"
+"""
+
+
+def test_build_sh_builds_the_sif_from_a_context_of_the_image_inputs_only(tmp_path):
+    """With a stand-in `apptainer` that records its arguments and its working directory (the build context):
+    the context holds the recipe's inputs and no venv; the SIF appears under its name only when done."""
+    bin_ = _fake(tmp_path, "apptainer", APPTAINER)
     record, caller = tmp_path / "record", tmp_path / "my images"
     caller.mkdir()
-    proc = _build(["gpu", "hpc train.sif"], f"{fake.parent}:/usr/bin:/bin", cwd=caller, RECORD=str(record))
+    proc = _build(["gpu", "--out", "hpc train.sif"], f"{bin_}:/usr/bin:/bin", cwd=caller, RECORD=str(record))
     assert proc.returncode == 0, proc.stderr
-    cwd, *argv = record.read_text().splitlines()
+    cwd, *lines = record.read_text().splitlines()
+    assert not Path(cwd).exists()  # the context is gone afterwards
+    top = {"containers", "install", "install.sh", "pyproject.toml", "requirements.lock", "requirements-gpu.lock", "src"}
+    assert set(lines[:len(top)]) == top
+    assert set(lines[len(top):len(top) + 3]) == {"Containerfile", "recipe.sh", "hpctrain-gpu.def"}
+    argv = lines[len(top) + 3:]
     fakeroot = [] if os.geteuid() == 0 else ["--fakeroot"]
-    assert cwd == str(ROOT)
-    assert argv == ["build", *fakeroot, str(caller / "hpc train.sif"), str(CONTAINERS / "hpctrain-gpu.def")]
+    assert argv[:-2] == ["build", *fakeroot] and argv[-1] == "containers/hpctrain-gpu.def"
+    assert argv[-2].startswith(str(caller / "hpc train.sif.part-"))
+    assert (caller / "hpc train.sif").read_text() == "sif\n"
+    assert [p.name for p in caller.iterdir()] == ["hpc train.sif"]
+
+
+PODMAN = """echo "$*" >> "$RECORD"
+case $1 in
+  build) [ -z "${FAIL_BUILD:-}" ] || { echo "Error: writing blob: no space left on device"; exit 125; } ;;
+  run) [ -z "${FAIL_TEST:-}" ] || { echo "recipe.sh: Horovod is built without NCCL" >&2; exit 1; } ;;
+  image) [ "$2" = inspect ] && [ "${*: -1}" = localhost/hpctrain-cpu:latest ] && echo 123 ;;
+  save) echo archive > "$3" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("fail, code", [("", 0), ("FAIL_TEST", 1), ("FAIL_BUILD", 2)])
+def test_build_sh_names_the_image_only_after_its_checks_pass(tmp_path, fail, code):
+    """podman: built under a temporary tag, the recipe's checks run in it, then tagged; a failed check or a full
+    disk leaves no image under the final name (the temporary one is removed) and no half-written archive."""
+    bin_ = _fake(tmp_path, "podman", PODMAN)
+    record, archive = tmp_path / "record", tmp_path / "img.tar"
+    proc = _build(["cpu", "--engine", "podman", "--save", str(archive)], f"{bin_}:/usr/bin:/bin",
+                  RECORD=str(record), **({fail: "1"} if fail else {}))
+    assert proc.returncode == code, proc.stderr
+    calls = [line.split() for line in record.read_text().splitlines()]
+    verbs = [c[0] for c in calls]
+    building = next(c[c.index("-t") + 1] for c in calls if c[0] == "build")
+    assert building.startswith("localhost/hpctrain-cpu:building-")
+    assert calls[-1] == ["rmi", "-f", building]
+    if fail == "FAIL_BUILD":
+        _one_line(proc, "no space left on device")
+        assert verbs == ["build", "rmi"]
+    elif fail:
+        assert verbs == ["build", "run", "rmi"] and "Horovod is built without NCCL" in proc.stdout  # engine output
+    else:
+        assert verbs == ["build", "run", "tag", "save", "image", "rmi"]
+        assert calls[2] == ["tag", building, "localhost/hpctrain-cpu:latest"]
+        assert calls[3][:2] == ["save", "-o"] and calls[3][2].startswith(f"{archive}.part-")
+        assert archive.read_text() == "archive\n"
+        assert "localhost/hpctrain-cpu (123 bytes)" in proc.stdout
+    if "run" in verbs:
+        assert next(c for c in calls if c[0] == "run")[-3:] == [building, "cpu", "test"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["bin", "record", *(["img.tar"] if not fail else [])])
