@@ -74,7 +74,7 @@ class TrainSpec(_Section):
     epochs: int = Field(ge=1)
     steps_per_epoch: int | None = Field(None, ge=1)  # None: one pass over this worker's shard
     validation: bool = True
-    precision: Literal["fp32", "mixed"] = "fp32"
+    precision: Literal["fp32", "mixed", "auto"] = "fp32"  # hpctrain.train.precision
     xla: bool = False
     seed: int = 42
     deterministic: bool = False

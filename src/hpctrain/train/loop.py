@@ -16,6 +16,7 @@ from hpctrain import spec as spec_mod
 from hpctrain.atomic import write_text
 from hpctrain.errors import TrainingFailed, UserError
 from hpctrain.rundir import RunDir
+from hpctrain.train import precision
 
 # Exit code of a run stopped by SIGTERM/SIGUSR1 after saving its checkpoint: resume with --resume.
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL
@@ -169,9 +170,7 @@ def _set_numerics(train_spec):
         tf.config.experimental.enable_op_determinism()
         # Dropout then draws from a tf.random.Generator whose state is saved in checkpoints.
         keras.backend.experimental.enable_tf_random_generator()
-    if train_spec.precision == "mixed":
-        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
-        keras.mixed_precision.set_global_policy(policy)
+    precision.apply(train_spec.precision)
 
 
 def make_optimizer(name, learning_rate):

@@ -109,7 +109,9 @@ def environment(backend, rank_hosts=None):
             "rank_hosts": rank_hosts or [socket.gethostname()],  # the host of each process, in rank order
             "gpus": len(tf.config.list_physical_devices("GPU")), "cpus_available": len(os.sched_getaffinity(0)),
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "launcher": backend.cluster.launcher, "job_id": backend.cluster.job_id}
+            "launcher": backend.cluster.launcher, "job_id": backend.cluster.job_id,
+            # the Keras policy train.precision chose here (hpctrain.train.precision): float32, mixed_bfloat16, ...
+            "precision_policy": compat.keras().mixed_precision.global_policy().name}
 
 
 def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, earlier=None, rank_hosts=None):
