@@ -1,5 +1,6 @@
 """One rank of a Horovod job that times the exchange of a job's whole gradient set alone: one allreduce of
-the model's parameter count in float32, after 5 untimed ones, with hpctrain's Horovod settings.
+the parameter count of the job's model (built for its dataset, as training builds it) in float32, after 5
+untimed ones, with hpctrain's Horovod settings.
 
     mpirun -np 2 ... .venv/bin/python benchmarks/exchange_cost.py JOB.toml [--repeats 40]
 
@@ -12,6 +13,7 @@ import statistics
 import time
 
 from hpctrain import compat, models, spec
+from hpctrain.data import pipeline
 from hpctrain.distribute import backends
 
 
@@ -19,16 +21,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("job")
     parser.add_argument("--repeats", type=int, default=40)
-    parser.add_argument("--input-shape", default="128,128,1")
-    parser.add_argument("--classes", type=int, default=2)
     args = parser.parse_args()
     job = spec.load(args.job, ["distribute.backend=horovod"])
     backends.create(job.distribute)  # hvd.init() with hpctrain's settings
     import horovod.tensorflow as hvd
 
     tf = compat.tf()
-    shape = tuple(int(x) for x in args.input_shape.split(","))
-    count = models.build(job.model, shape, args.classes).count_params()
+    info = pipeline.dataset_info(job.data.path)
+    shape = models.get(job.model.name).input_shape(info["image_shape"], job.data.tile)
+    count = models.build(job.model, shape, info["num_classes"], info["dtype"]).count_params()
     grads = tf.random.uniform([count])
     exchange = tf.function(lambda x: hvd.allreduce(x, op=hvd.Sum))
     walls, cpus = [], []

@@ -83,13 +83,11 @@ def faults(cluster, tmp, args):
 def throughput(cluster, tmp, args):
     from hpctrain.data import synthetic
     from scaling_cpu import job_file
+    from scaling_cpu import throughput as samples_per_s
 
     data = synthetic.pack(Path(tmp) / "synth.h5", count=256, size=128, seed=0)
     job = job_file(tmp, "unet", data, args.steps)
     env = env_of(cluster)
-
-    def samples_per_s(run_dir):
-        return json.loads((run_dir / "timing.json").read_text())["throughput"]["samples_per_s"]
 
     two = {"2 nodes x 1 worker (horovod mpirun, TCP)": "mpirun",
            "2 nodes x 1 worker (horovodrun --gloo, TCP)": "horovodrun"}
@@ -129,7 +127,7 @@ def exchange_bound(cluster, job, env, step):
 
     where = Placement(("node1", "node2"), {}, cluster.interface)
     worker = [sys.executable, str(ROOT / "benchmarks" / "exchange_cost.py"), str(job)]
-    proc = cluster.on("node1", *local.OPEN_MPI.command("mpirun", 2, worker, env, where), env=env, timeout=600)
+    proc = cluster.on("node1", *local.mpirun_command(2, worker, env, where), env=env, timeout=600)
     if proc.returncode:
         raise SystemExit(f"the exchange run failed: {proc.stderr[-2000:]}")
     cost = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -24,6 +24,16 @@ from hpctrain import spec
 from common import pack_mnist
 
 
+def job_file(folder, steps):
+    """The benchmark's job and its MNIST data, both in `folder` (the one folder an image gets bound in)."""
+    data = pack_mnist(folder)
+    return spec.write(folder / "job.toml", name="mpi", data={"path": str(data), "split": "holdout"},
+                      model={"name": "mnist_cnn"},
+                      train={"batch_size": 32, "epochs": 1, "steps_per_epoch": steps, "learning_rate": 1e-3,
+                             "deterministic": True},
+                      distribute={"lr_scaling": "none"}, output={"dir": "unused", "tensorboard": False})
+
+
 def hpctrain(where, folder):
     """(command, environment) that run hpctrain of an environment: a venv, or ENGINE:IMAGE with `folder` bound in."""
     settings = {"HPCTRAIN_CORES_PER_WORKER": "1"}
@@ -63,12 +73,7 @@ def main():
     args = parser.parse_args()
     venvs = [v if ":" in v else Path(v).resolve() for v in args.venvs]
     with tempfile.TemporaryDirectory() as tmp:
-        data = pack_mnist(tmp)
-        job = spec.write(Path(tmp) / "job.toml", name="mpi", data={"path": str(data), "split": "holdout"},
-                         model={"name": "mnist_cnn"},
-                         train={"batch_size": 32, "epochs": 1, "steps_per_epoch": args.steps, "learning_rate": 1e-3,
-                                "deterministic": True},
-                         distribute={"lr_scaling": "none"}, output={"dir": "unused", "tensorboard": False})
+        job = job_file(Path(tmp), args.steps)
         results = {v: [] for v in venvs}
         for round_ in range(args.repeats):
             for v in venvs:

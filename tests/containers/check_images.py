@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from hpctrain.rundir import RunDir
+
 pytestmark = pytest.mark.containers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,11 +50,11 @@ def run(flavour, *argv, binds=(), entrypoint=None, env=None, check=True):
 
 @pytest.mark.parametrize("flavour", ["cpu", "gpu"])
 def test_env_reports_the_locked_stack(flavour):
+    from test_containers import project_pins
+
     info = json.loads(run(flavour, "env", "--json").stdout)
-    lock = dict(line.split("==") for line in (ROOT / "requirements.lock").read_text().splitlines()
-                if "==" in line and not line.startswith("#"))
-    text = json.dumps(info)
-    assert lock["tensorflow"] in text and "0.28.1" in text, text[:2000]
+    pins, text = project_pins(), json.dumps(info)
+    assert pins["tensorflow"] in text and pins["horovod"] in text, text[:2000]
     assert info["mpi"]["vendor"] == "Open MPI", info["mpi"]
 
 
@@ -81,11 +83,7 @@ def test_cpu_image_trains_the_cnn_on_two_ranks_as_the_host_does(tmp_path):
     import mpi_flavours
 
     image("cpu")
-    data = mpi_flavours.pack_mnist(tmp_path)
-    job = mpi_flavours.spec.write(tmp_path / "job.toml", name="image", data={"path": str(data), "split": "holdout"},
-                                  model={"name": "mnist_cnn"},
-                                  train={"batch_size": 32, "epochs": 1, "steps_per_epoch": 20, "deterministic": True},
-                                  distribute={"lr_scaling": "none"}, output={"dir": "unused", "tensorboard": False})
+    job = mpi_flavours.job_file(tmp_path, steps=20)
     host = mpi_flavours.run(Path(sys.prefix), job, tmp_path / "host")
     inside = mpi_flavours.run(f"{ENGINE}:localhost/hpctrain-cpu", job, tmp_path / "image")
     assert (tmp_path / "image" / "timing.json").exists()
@@ -94,7 +92,7 @@ def test_cpu_image_trains_the_cnn_on_two_ranks_as_the_host_does(tmp_path):
 
 
 HYBRID = """exec {engine} run --rm --network host --uts host --pid host --ipc host \\
-  -e 'SLURM_*' -e 'PMIX_*' -e 'HPCTRAIN_*' {settings} \\
+  -e 'SLURM_*' -e 'PMIX_*' -e 'HPCTRAIN_*' \\
   -v "$PMIX_SERVER_TMPDIR:$PMIX_SERVER_TMPDIR" -v "$TMPDIR:$TMPDIR" -v {folder}:{folder} -v {data}:{data}:ro \\
   localhost/hpctrain-cpu train {job} --backend horovod"""
 
@@ -115,7 +113,7 @@ def test_hybrid_srun_pmix_starts_one_container_per_rank_on_each_node(nodes, mnis
     env = {**nodes.env, "PATH": f"{nodes.bin}{os.pathsep}{VENV_BIN}{os.pathsep}{nodes.env['PATH']}",
            "HPCTRAIN_INTERFACE": nodes.interface}
     srun = ["srun", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--mpi=pmix", "--kill-on-bad-exit=1"]
-    script = HYBRID.format(engine=ENGINE, settings="", folder=tmp_path, data=mnist_h5.parent, job=job)
+    script = HYBRID.format(engine=ENGINE, folder=tmp_path, data=mnist_h5.parent, job=job)
     proc = nodes.on("node1", *srun, "bash", "-c", script, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     inside = json.loads((tmp_path / "image" / "timing.json").read_text())
@@ -124,7 +122,5 @@ def test_hybrid_srun_pmix_starts_one_container_per_rank_on_each_node(nodes, mnis
     host = nodes.on("node1", *srun, VENV_BIN / "hpctrain", "train", job, "--backend", "horovod", "--set",
                     f"output.dir={json.dumps(str(tmp_path / 'host'))}", env=env, timeout=900)
     assert host.returncode == 0, host.stderr[-3000:]
-    from hpctrain.rundir import RunDir
-
     image_run, host_run = (RunDir(tmp_path / r).history()[-1] for r in ("image", "host"))
     assert image_run["loss"] == pytest.approx(host_run["loss"], rel=1e-3), (image_run, host_run)
