@@ -227,18 +227,32 @@ def test_training_counts_check_a_request_once(isbi_h5, mnist_h5):
         assert str(raised.value) == message
 
 
-def test_validation_steps(isbi_h5, mnist_h5):
+def test_validation_plan(isbi_h5, mnist_h5):
+    plan = pipeline.validation_plan
     fold = pipeline.training_counts(isbi_h5, "fold0", size=1, batch_size=1)  # 6 val samples
-    assert pipeline.validation_steps(fold, 1, 1) == (6, 6)  # one whole slice per step
-    assert pipeline.validation_steps(fold, 4, 1) == (2, 6)  # the last batch is smaller
-    assert pipeline.validation_steps(fold, 1, 4) == (1, 4)  # several local replicas: full batches only
-    assert pipeline.validation_steps(fold, 2, 3) == (1, 6)
+    assert plan(fold, 1, 1) == (6, 6, 1)  # one whole slice per step
+    assert plan(fold, 4, 1) == (2, 6, 1)  # the last batch is smaller
+    assert plan(fold, 1, 4) == (1, 4, 1)  # several local replicas: full batches only
+    assert plan(fold, 2, 3) == (1, 6, 1)
     with pytest.raises(UserError, match=r"^6 validation samples cannot fill 4 replicas x batch 2$"):
-        pipeline.validation_steps(fold, 2, 4)
+        plan(fold, 2, 4)
+    assert plan(fold, 1, 1, processes=2) == (3, 6, 2)  # an equal share each
+    assert plan(fold, 1, 1, processes=3) == (2, 6, 3)
+    assert plan(fold, 1, 1, processes=4) == (6, 6, 1)  # 6 do not split over 4: each scores all
+    assert plan(fold, 1, 3, processes=2) == (1, 6, 2)  # 3 per process fill its 3 replicas
     everything = pipeline.training_counts(isbi_h5, "all", size=1, batch_size=1)  # no val samples
-    assert pipeline.validation_steps(everything, 1, 1) == pipeline.validation_steps(everything, 2, 4) == (0, 0)
+    assert plan(everything, 1, 1) == plan(everything, 2, 4) == (0, 0, 1)
     holdout = pipeline.training_counts(mnist_h5, "holdout", size=1, batch_size=1)
-    assert pipeline.validation_steps(holdout, 512, 1) == (4, 2000)
+    assert plan(holdout, 512, 1) == (4, 2000, 1)
+    assert plan(holdout, 512, 1, processes=4) == (1, 2000, 4)
+
+
+def test_validation_shards_partition_the_split(isbi_h5):
+    whole = np.concatenate([x for x, _ in pipeline.eval_dataset(isbi_h5, "fold0", batch_size=4).as_numpy_iterator()])
+    shares = [np.concatenate([x for x, _ in pipeline.eval_dataset(isbi_h5, "fold0", batch_size=4, shard=(i, 3))
+                              .as_numpy_iterator()]) for i in range(3)]
+    assert [len(s) for s in shares] == [2, 2, 2]
+    np.testing.assert_array_equal(np.stack(shares, 1).reshape(whole.shape), whole)  # every count-th sample
 
 
 BROKEN = {  # name: (change to a valid file, message)

@@ -1,5 +1,6 @@
 """Data parallelism is exact: N workers with batch B equal 1 worker with batch N x B, on every backend,
-and every backend trains the real models end to end with only the chief writing outputs."""
+validation shared among them scores what one worker scores, and every backend trains the real models end
+to end with only the chief writing outputs."""
 import json
 
 import numpy as np
@@ -18,7 +19,7 @@ def lenet_job(tmp_path, mnist_h5, name, batch):
         data={"path": str(mnist_h5), "split": "holdout"},
         model={"name": "lenet5"},
         train={"optimizer": "adam", "learning_rate": 1e-3, "batch_size": batch, "epochs": 2, "steps_per_epoch": 3,
-               "validation": False, "deterministic": True, "seed": 7},
+               "deterministic": True, "seed": 7},
         distribute={"lr_scaling": "none"},
         output={"dir": str(tmp_path / name), "tensorboard": False})
 
@@ -32,17 +33,25 @@ def final_weights(run_dir):
 @pytest.fixture(scope="module")
 def single_worker_run(tmp_path_factory, mnist_h5):
     tmp_path = tmp_path_factory.mktemp("single")
-    run_hpctrain("train", lenet_job(tmp_path, mnist_h5, "one", 32), check=True)
+    run_hpctrain("train", lenet_job(tmp_path, mnist_h5, "one", 40), check=True)
     return tmp_path / "one"
 
 
 @pytest.mark.parametrize("backend,launcher", BACKENDS)
 def test_two_workers_equal_one_worker_with_double_batch(tmp_path, mnist_h5, single_worker_run, backend, launcher):
-    job = lenet_job(tmp_path, mnist_h5, "two", 16)
+    job = lenet_job(tmp_path, mnist_h5, "two", 20)  # 2000 val samples: 50 full batches of 20 per replica
     args = ["launch", "-n", 2, job, "--backend", backend] + (["--launcher", launcher] if launcher else [])
-    run_hpctrain(*args, check=True)
+    proc = run_hpctrain(*args, check=True)
+    assert "validation uses" not in proc.stdout and "split evenly" not in proc.stdout
     timing = json.loads((tmp_path / "two" / "timing.json").read_text())
-    assert timing["world_size"] == 2 and timing["global_batch"] == 32 and timing["backend"] == backend
+    assert timing["world_size"] == 2 and timing["global_batch"] == 40 and timing["backend"] == backend
+    assert timing["validation_shards"] == (1 if backend == "mirrored" else 2)  # mirrored: one process
+    # Each process validated its half (mirrored: each replica); the reduced scores are the whole split's.
+    logged = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+              for run in (single_worker_run, tmp_path / "two")]
+    for row_one, row_two in zip(*logged, strict=True):
+        for key in ("val_loss", "val_accuracy"):
+            assert row_two[key] == pytest.approx(row_one[key], rel=1e-5), (key, row_one, row_two)
     one, two = final_weights(single_worker_run), final_weights(tmp_path / "two")
     initial = final_weights_of_fresh_model()
     assert any(not np.allclose(a, b) for a, b in zip(one, initial)), "training did not change the weights"

@@ -19,6 +19,7 @@ the pipeline does no arithmetic and a batch crosses to the device at a quarter o
 import dataclasses
 import functools
 import sys
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -76,18 +77,27 @@ def _counts(ds, split, size, batch_size, tile=None, kind=None, model=None):
     return Counts(info, train, val, steps)
 
 
-def validation_steps(counts, val_batch, local_replicas):
-    """(steps, samples used) of one pass over the split's val samples, val_batch per replica and step,
-    every process validating all of them; (0, 0) without val samples. A process with several local
-    replicas (tf.distribute) needs full batches, so it leaves out the last n % (val_batch x
-    local_replicas) samples; otherwise the last batch may be smaller."""
+class ValidationPlan(NamedTuple):
+    steps: int    # validation steps of each process
+    used: int     # val samples scored in all (n, or fewer: see validation_plan)
+    shards: int   # 1: every process scores all of them; else each process its share
+
+
+def validation_plan(counts, val_batch, local_replicas, processes=1):
+    """How one pass over the split's val samples is spread, val_batch per replica and step. Over several
+    processes, each scores an equal share (the backends' metric reductions, means of equal weight or sums,
+    are then exact) when the samples split evenly; otherwise every process scores all of them. A process
+    with several local replicas (tf.distribute) needs full batches, so it leaves out the last
+    share % (val_batch x local_replicas) samples; otherwise the last batch may be smaller."""
     n = counts.val
+    shards = processes if processes > 1 and n % processes == 0 else 1
+    share = n // shards
     if local_replicas == 1:
-        return -(-n // val_batch), n
-    steps = n // (val_batch * local_replicas)
+        return ValidationPlan(-(-share // val_batch), n, shards)
+    steps = share // (val_batch * local_replicas)
     if n and steps == 0:
-        raise UserError(f"{n} validation samples cannot fill {local_replicas} replicas x batch {val_batch}")
-    return steps, steps * val_batch * local_replicas
+        raise UserError(f"{share} validation samples cannot fill {local_replicas} replicas x batch {val_batch}")
+    return ValidationPlan(steps, steps * val_batch * local_replicas * shards, shards)
 
 
 def train_dataset(path, split, *, rank, size, batch_size, seed, tile=None, augment=None,
@@ -139,15 +149,17 @@ def train_dataset(path, split, *, rank, size, batch_size, seed, tile=None, augme
     return _finish(source.read(indices).map(prepared, num_parallel_calls=tf.data.AUTOTUNE)), steps
 
 
-def eval_dataset(path, split, *, batch_size, subset="val", in_memory=None):
+def eval_dataset(path, split, *, batch_size, subset="val", in_memory=None, shard=(0, 1)):
     """Finite dataset of batches (x, y) of whole images in index order, without augmentation; the last
-    batch may be smaller."""
+    batch may be smaller. shard (index, count): every count-th sample from the index-th on."""
     tf = compat.tf()
     with open_dataset(path) as ds:
         info = _info(ds)
         indices = ds.split(split, subset)
     if len(indices) == 0:
         raise UserError(f"split {split!r} has no {subset} samples")
+    index, count = shard
+    indices = indices[index::count]
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, not {batch_size}")
     source = _source(path, in_memory)

@@ -77,7 +77,8 @@ def _train(spec, backend, resume, force, watchdog):
     timer, stopper = fitted
     report = timing.summary(timer, spec, backend, data.steps, wall=time.time() - started, model=model,
                             complete=not stopper.stopped_at, earlier=timing.unfinished(run) if resume else None,
-                            rank_hosts=rank_hosts(run, backend.size) if backend.size > 1 else None)
+                            rank_hosts=rank_hosts(run, backend.size) if backend.size > 1 else None,
+                            validation_shards=data.validation_shards)
     if backend.is_chief:
         report.write(run)
         timing.plot_curves(run)
@@ -92,6 +93,7 @@ class _Data:
     steps: int                    # training steps per epoch
     natural_steps: int            # one pass over this process's shard
     validation_steps: int | None  # None: no validation
+    validation_shards: int = 1    # see pipeline.validation_plan
 
     @classmethod
     def check(cls, spec, backend, entry):
@@ -101,15 +103,17 @@ class _Data:
         counts = pipeline.training_counts(path, spec.data.split, kind=entry.task.name, model=entry.name,
                                           size=backend.replicas, batch_size=spec.train.batch_size, tile=spec.data.tile)
         steps = min(counts.steps_per_epoch, spec.train.steps_per_epoch or counts.steps_per_epoch)
-        validation_steps = None
-        if spec.train.validation and counts.val:
-            local = backend.local_replicas
-            val_batch = entry.task.validation_batch(spec.train.batch_size)
-            validation_steps, used = pipeline.validation_steps(counts, val_batch, local)
-            if used < counts.val and backend.is_chief:
-                print(f"hpctrain train: validation uses {used} of {counts.val} samples (full batches for {local} "
-                      "replicas)", flush=True)
-        return cls(path, counts.info, steps, counts.steps_per_epoch, validation_steps)
+        if not (spec.train.validation and counts.val):
+            return cls(path, counts.info, steps, counts.steps_per_epoch, None)
+        local, processes = backend.local_replicas, backend.input_shard[1]
+        plan = pipeline.validation_plan(counts, entry.task.validation_batch(spec.train.batch_size), local, processes)
+        if backend.is_chief and plan.used < counts.val:
+            print(f"hpctrain train: validation uses {plan.used} of {counts.val} samples (full batches for {local} "
+                  "replicas)", flush=True)
+        if backend.is_chief and plan.shards < processes:
+            print(f"hpctrain train: {counts.val} validation samples do not split evenly over {processes} workers; "
+                  "each validates all of them", flush=True)
+        return cls(path, counts.info, steps, counts.steps_per_epoch, plan.steps, plan.shards)
 
     def training(self, spec, backend, step):
         """This process's batches from global step `step` on, distributed by the backend."""
@@ -124,13 +128,15 @@ class _Data:
         return backend.distribute(ds, B)
 
     def validation(self, spec, backend, task):
-        """Whole images of the validation subset, distributed by the backend, or None."""
+        """Whole images of the validation subset (this process's share), distributed by the backend, or None."""
         if self.validation_steps is None:
             return None
         from hpctrain.data import pipeline
 
         val_batch = task.validation_batch(spec.train.batch_size)
-        val = pipeline.eval_dataset(self.path, spec.data.split, batch_size=val_batch * backend.local_replicas)
+        shard = backend.input_shard if self.validation_shards > 1 else (0, 1)
+        val = pipeline.eval_dataset(self.path, spec.data.split, batch_size=val_batch * backend.local_replicas,
+                                    shard=shard)
         return backend.distribute(val, val_batch)
 
 

@@ -52,6 +52,7 @@ class Timing:
     startup_seconds: float | None  # from this process's start to the first step
     target: dict                # {"metric", "value", "reached": {"epoch", "seconds", "value"} or None}
     environment: dict
+    validation_shards: int = 1  # processes that split the validation samples (1: each scored all of them)
 
     # Runs of one comparison differ in nothing but the worker count and what follows from it.
     SCALED: ClassVar = ("world_size", "processes", "nodes", "per_worker_batch", "global_batch", "steps_per_epoch")
@@ -68,10 +69,11 @@ class Timing:
 
     @classmethod
     def from_dict(cls, data, source="timing.json"):
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data]
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in data and f.default is dataclasses.MISSING]
         if missing:
             raise UserError(f"{source} lacks {', '.join(missing)}")
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
     @classmethod
     def read(cls, run_dir):
@@ -114,7 +116,8 @@ def environment(backend, rank_hosts=None):
             "precision_policy": compat.keras().mixed_precision.global_policy().name}
 
 
-def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, earlier=None, rank_hosts=None):
+def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, earlier=None, rank_hosts=None,
+            validation_shards=1):
     """The Timing of a run. `complete`: False when a signal stopped the run; its resumption passes the
     stopped attempt's Timing as `earlier`, so the figures cover every step of the run."""
     global_batch = spec.train.batch_size * backend.replicas
@@ -139,7 +142,7 @@ def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, e
         startup_seconds=timer.first_step_at - psutil.Process().create_time() if timer.first_step_at else None,
         target={"metric": spec.train.target_metric, "value": spec.train.target_value,
                 "reached": timer.target_reached},
-        environment=environment(backend, rank_hosts),
+        environment=environment(backend, rank_hosts), validation_shards=validation_shards,
     )
 
 
