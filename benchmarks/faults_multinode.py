@@ -61,7 +61,8 @@ def faults(cluster, tmp, args):
                 out = Path(tmp) / f"fault-{launcher}-{fault.replace(' ', '-')}-{round_}"
                 job = spec.write(Path(tmp) / "fault.toml", name="fault", data={"path": str(data), "split": "holdout"},
                                  model={"name": "lenet5"},
-                                 train={"batch_size": 16, "epochs": 1000, "steps_per_epoch": 20, "validation": False},
+                                 train={"precision": "fp32", "batch_size": 16, "epochs": 1000, "steps_per_epoch": 20,
+                                        "validation": False},
                                  distribute={"stall_timeout": args.stall_timeout},
                                  output={"dir": str(out), "tensorboard": False})
                 result = fault_run(cluster, argv_of(launcher, job), env_of(cluster), out, fault)

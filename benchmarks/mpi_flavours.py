@@ -29,8 +29,8 @@ def job_file(folder, steps):
     data = pack_mnist(folder)
     return spec.write(folder / "job.toml", name="mpi", data={"path": str(data), "split": "holdout"},
                       model={"name": "mnist_cnn"},
-                      train={"batch_size": 32, "epochs": 1, "steps_per_epoch": steps, "learning_rate": 1e-3,
-                             "deterministic": True},
+                      train={"precision": "fp32", "batch_size": 32, "epochs": 1, "steps_per_epoch": steps,
+                             "learning_rate": 1e-3, "deterministic": True},
                       distribute={"lr_scaling": "none"}, output={"dir": "unused", "tensorboard": False})
 
 

@@ -49,8 +49,8 @@ def job_file(tmp, model, data, steps):
         sections = dict(data={"path": str(data), "split": "holdout"}, model={"name": "mnist_cnn"}, batch=64)
     batch = sections.pop("batch")
     return spec.write(Path(tmp) / f"{model}.toml", name=f"bench_{model}", **sections,
-                      train={"batch_size": batch, "epochs": 1, "steps_per_epoch": steps, "validation": False,
-                             "warmup_steps": 5},
+                      train={"precision": "fp32", "batch_size": batch, "epochs": 1, "steps_per_epoch": steps,
+                             "validation": False, "warmup_steps": 5},
                       distribute={"lr_scaling": "none"}, output={"dir": "unused", "tensorboard": False})
 
 

@@ -61,9 +61,11 @@ def isbi_h5(tmp_path_factory):
 
 
 def write_job(path, **sections):
-    """Writes a job spec TOML from {section: {key: value}}."""
+    """Writes a job spec TOML from {section: {key: value}}. Its precision is fp32 unless given: the tests
+    compare weights and scores to float32 tolerances (train.precision "auto" has tests of its own)."""
     from hpctrain import spec
 
+    sections["train"] = {"precision": "fp32", **sections.get("train", {})}
     return spec.write(path, **sections)
 
 

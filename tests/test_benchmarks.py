@@ -69,3 +69,10 @@ def test_faults_multinode():
     assert len(rows(out, "2 nodes x 1 worker")) == 2 and len(rows(out, "side by side")) == 1
     bound = re.search(r"exchange of the gradient set alone \(([\d.]+) MB.*-> 2-node bound ([\d.]+) %", out)
     assert bound and float(bound[1]) > 1 and 0 < float(bound[2]) < 100, out[-1000:]
+
+
+def test_time_to_accuracy():
+    out = run("time_to_accuracy.py", "--job", "jobs/cnn_mnist.toml", "--seeds", 1, "--set", "train.epochs=1",
+              "--set", "train.steps_per_epoch=4", "1", "2:distribute.lr_scaling=sqrt")
+    assert [row.split("|")[1].strip() for row in rows(out, "")[1:]] == ["1", "2:distribute.lr_scaling=sqrt"]
+    assert re.search(rf"\| 2:distribute.lr_scaling=sqrt \| {NUMBER} \(", out)

@@ -1,15 +1,31 @@
 """The learning-rate rules: scaling with the replicas, and the warm-up ramp on the optimizer's step."""
 import pytest
 
-from hpctrain.train import callbacks, loop
+from hpctrain import optimizers
+from hpctrain.errors import UserError
+from hpctrain.spec import AUTO_WARMUP_EPOCHS, DistributeSpec, validate
+from hpctrain.train import callbacks
 
 pytestmark = pytest.mark.fast
 
 
-@pytest.mark.parametrize("rule,replicas,expected", [("linear", 8, 8e-3), ("sqrt", 4, 2e-3), ("none", 8, 1e-3),
-                                                    ("linear", 1, 1e-3)])
-def test_scaled_learning_rate(rule, replicas, expected):
-    assert loop.scaled_learning_rate(1e-3, replicas, rule) == pytest.approx(expected)
+@pytest.mark.parametrize("rule,optimizer,replicas,expected", [
+    ("linear", "adam", 8, 8e-3), ("sqrt", "sgd", 4, 2e-3), ("none", "momentum", 8, 1e-3), ("linear", "sgd", 1, 1e-3),
+    ("auto", "adam", 4, 2e-3), ("auto", "sgd", 4, 4e-3), ("auto", "momentum", 4, 4e-3), ("auto", "adam", 1, 1e-3)])
+def test_scaled_learning_rate(rule, optimizer, replicas, expected):
+    assert optimizers.scaled_learning_rate(1e-3, replicas, rule, optimizer) == pytest.approx(expected)
+
+
+def test_warm_up_in_epochs_or_steps_not_both(tmp_path):
+    assert DistributeSpec().lr_warmup_steps(10) == round(AUTO_WARMUP_EPOCHS * 10)
+    assert DistributeSpec(warmup_epochs=0.5).lr_warmup_steps(10) == 5
+    assert DistributeSpec(warmup_steps=7).lr_warmup_steps(10) == 7
+    assert DistributeSpec(warmup_epochs=0).lr_warmup_steps(10) == 0
+    raw = {"name": "j", "data": {"path": "x.h5"}, "model": {"name": "lenet5"}, "train": {"batch_size": 1, "epochs": 1},
+           "output": {"dir": str(tmp_path)}, "distribute": {"warmup_epochs": 1, "warmup_steps": 3}}
+    message = "^spec: distribute.warmup_epochs and distribute.warmup_steps: set one of them$"
+    with pytest.raises(UserError, match=message):
+        validate(raw)
 
 
 def test_warm_up_ramps_linearly_from_the_one_worker_rate_then_holds():

@@ -59,6 +59,24 @@ def test_two_workers_equal_one_worker_with_double_batch(tmp_path, mnist_h5, sing
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
+ACCUMULATING = [("none", None, 1), ("horovod", "mpirun", 2), ("multiworker", "local", 2)]
+
+
+@pytest.mark.parametrize("backend,launcher,workers", ACCUMULATING)
+def test_accumulated_micro_batches_equal_one_batch(tmp_path, mnist_h5, single_worker_run, backend, launcher, workers):
+    """k micro-batches of B per update on N workers: the updates of 1 worker with batch N x k x B."""
+    job = lenet_job(tmp_path, mnist_h5, "acc", 40 // (2 * workers))
+    sets = ["--set", "train.accumulate_steps=2"]
+    if workers == 1:
+        run_hpctrain("train", job, *sets, check=True)
+    else:
+        run_hpctrain("launch", "-n", workers, job, "--backend", backend, "--launcher", launcher, *sets, check=True)
+    timing = json.loads((tmp_path / "acc" / "timing.json").read_text())
+    assert (timing["global_batch"], timing["accumulate_steps"], timing["steps_per_epoch"]) == (40, 2, 3)
+    for a, b in zip(final_weights(single_worker_run), final_weights(tmp_path / "acc"), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
 def final_weights_of_fresh_model():
     from hpctrain import compat, models
     from hpctrain.spec import ModelSpec

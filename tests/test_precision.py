@@ -50,3 +50,39 @@ def test_a_run_records_the_policy_it_trained_with(tmp_path, mnist_h5, setting):
     assert timing["precision"] == setting and timing["environment"]["precision_policy"] == expected
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert 0 < history[-1]["loss"] < 10
+
+
+@pytest.mark.fast
+def test_accumulation_under_float16_loss_scaling_equals_one_batch():
+    """GPUs' mixed_float16 wraps the optimizer in a LossScaleOptimizer, whose loss scale the accumulating
+    step applies to each micro-batch and takes off its gradients: 2 x 8 samples update like one batch of 16
+    (LeNet does not underflow here, so this checks the scaling is consistent, not that it is needed)."""
+    import numpy as np
+
+    from hpctrain import compat, models
+    from hpctrain.spec import ModelSpec
+    from hpctrain.train.accumulate import accumulating
+
+    keras = compat.keras()
+    x = np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1)).astype("uint8")
+    y = np.arange(16) % 10
+    weights = []
+    try:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        for k in (1, 2):
+            keras.utils.set_random_seed(3)
+            model = models.build(ModelSpec(name="lenet5"), (28, 28, 1), 10)
+            if k > 1:
+                model = accumulating(model, k, lambda grads: grads)
+            model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy())
+            assert isinstance(model.optimizer, keras.mixed_precision.LossScaleOptimizer)
+            model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+            weights.append(model.get_weights())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    keras.utils.set_random_seed(3)
+    initial = models.build(ModelSpec(name="lenet5"), (28, 28, 1), 10).get_weights()
+    for w0, a, b in zip(initial, *weights, strict=True):  # the updates agree, not just the weights
+        step = np.abs(a - w0).max()
+        assert step > 1e-4
+        np.testing.assert_allclose(b - w0, a - w0, atol=0.05 * step)

@@ -195,5 +195,21 @@ def test_bad_data_choices_are_refused_before_a_run_folder_exists(tmp_path, mnist
     assert not (tmp_path / "cnn").exists()
 
 
+@pytest.mark.parametrize("overrides,fragment", [
+    (["train.target_metric='val_dice'"], "'val_dice' is not logged by this job; it logs loss, accuracy, val_loss, "
+                                          "val_accuracy"),
+    (["train.target_metric='val_accuracy'", "train.validation=false"], "'val_accuracy' is not logged by this job; "
+                                                                       "it logs loss, accuracy"),
+])
+def test_a_target_the_job_does_not_log_is_refused_and_nothing_is_lost(tmp_path, mnist_h5, overrides, fragment):
+    job = cnn_job(tmp_path, mnist_h5)
+    earlier = tmp_path / "cnn" / "kept.txt"  # a run folder that --force would replace
+    earlier.parent.mkdir()
+    earlier.write_text("earlier run")
+    sets = [a for o in [*overrides, "train.target_value=0.9"] for a in ("--set", o)]
+    assert_user_error(run_hpctrain("train", job, *sets, "--force"), fragment)
+    assert earlier.read_text() == "earlier run"
+
+
 def test_several_workers_need_a_distributed_backend(tmp_path, mnist_h5):
     assert_user_error(run_hpctrain("launch", "-n", 2, cnn_job(tmp_path, mnist_h5)), "backend 'none' trains on one")

@@ -20,10 +20,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from hpctrain import models
+from hpctrain import models, optimizers
 from hpctrain.data.augment import AugmentSpec
 from hpctrain.distribute import backends
 from hpctrain.errors import UserError, one_of
+
+AUTO_WARMUP_EPOCHS = 2.0  # the learning-rate ramp when neither distribute.warmup_epochs nor warmup_steps is set
 
 
 class _Section(BaseModel):
@@ -68,13 +70,16 @@ class ModelSpec(_Section):
 
 
 class TrainSpec(_Section):
-    optimizer: Literal["adam", "sgd", "momentum"] = "adam"
+    """[train]. A worker's batch per update is batch_size x accumulate_steps; learning_rate is that of one
+    worker at batch_size, scaled to the global batch by distribute.lr_scaling."""
+    optimizer: Literal[tuple(optimizers.OPTIMIZERS)] = "adam"
     learning_rate: float = Field(1e-4, gt=0)     # for one worker; see distribute.lr_scaling
-    batch_size: int = Field(ge=1)                # per worker
+    batch_size: int = Field(ge=1)                # per worker and micro-batch
+    accumulate_steps: int = Field(1, ge=1)       # micro-batches per update (hpctrain.train.accumulate)
     epochs: int = Field(ge=1)
     steps_per_epoch: int | None = Field(None, ge=1)  # None: one pass over this worker's shard
     validation: bool = True
-    precision: Literal["fp32", "mixed", "auto"] = "fp32"  # hpctrain.train.precision
+    precision: Literal["auto", "fp32", "mixed"] = "auto"  # hpctrain.train.precision
     xla: bool = False
     seed: int = 42
     deterministic: bool = False
@@ -82,11 +87,18 @@ class TrainSpec(_Section):
     target_metric: str | None = None             # e.g. "val_dice": time to reach target_value is timed
     target_value: float | None = None
 
+    @property
+    def update_batch(self):
+        """Samples of one worker per update."""
+        return self.batch_size * self.accumulate_steps
+
 
 class DistributeSpec(_Section):
     backend: str = backends.Backend.name         # a backend of hpctrain.distribute.backends (default: none)
-    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"  # learning rate x workers (or sqrt), or as is
-    warmup_epochs: float = Field(0.0, ge=0)      # ramp from the 1-worker rate (Goyal et al. 2017)
+    # The 1-worker rate x replicas, x sqrt(replicas), or as is; auto: the optimizer's rule (hpctrain.optimizers).
+    lr_scaling: Literal[("auto", *optimizers.SCALING)] = "auto"
+    warmup_epochs: float | None = Field(None, ge=0)  # ramp from the 1-worker rate to the scaled one (Goyal et al. 2017)
+    warmup_steps: int | None = Field(None, ge=0)    # the same ramp in steps (not both); neither: AUTO_WARMUP_EPOCHS
     devices: int = Field(1, ge=1)                # mirrored: replicas in the one process (logical CPUs here)
     sync_every: int = Field(10, ge=1)            # steps between the ranks' agreement on a stop signal
     # The network interface of every transport (hpctrain.distribute.network); None: $HPCTRAIN_INTERFACE, else
@@ -94,6 +106,18 @@ class DistributeSpec(_Section):
     interface: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,15}$")
     stall_timeout: float = Field(300.0, gt=0)    # seconds without a training step: the job ends, naming the rank
 
+    def lr_warmup_steps(self, steps_per_epoch):
+        """Steps of the learning-rate ramp."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        epochs = AUTO_WARMUP_EPOCHS if self.warmup_epochs is None else self.warmup_epochs
+        return int(round(epochs * steps_per_epoch))
+
+    @model_validator(mode="after")
+    def _one_warmup(self):
+        if self.warmup_epochs is not None and self.warmup_steps is not None:
+            raise ValueError("distribute.warmup_epochs and distribute.warmup_steps: set one of them")
+        return self
 
     @field_validator("backend")
     @classmethod

@@ -167,6 +167,11 @@ class Backend:
     def distribute(self, dataset, per_replica_batch):
         return dataset
 
+    def reduce_gradients(self, grads):
+        """Inside a training step: this replica's gradients -> what the optimizer applies. Where
+        apply_gradients itself reduces over the replicas (tf.distribute), nothing is done here."""
+        return grads
+
     def allreduce(self, value, op="mean"):
         return float(value)
 
@@ -243,6 +248,11 @@ class HorovodBackend(Backend):
     def callbacks(self):
         return [self.hvd.callbacks.BroadcastGlobalVariablesCallback(0),
                 self.hvd.callbacks.MetricAverageCallback()]
+
+    def reduce_gradients(self, grads):
+        import horovod.tensorflow as hvd_tf
+
+        return hvd_tf.grouped_allreduce(grads, op=hvd_tf.Average)
 
     def allreduce(self, value, op="mean"):
         import horovod.tensorflow as hvd_tf

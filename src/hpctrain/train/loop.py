@@ -11,7 +11,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpctrain import compat, models
+from hpctrain import compat, models, optimizers
 from hpctrain import spec as spec_mod
 from hpctrain.atomic import write_text
 from hpctrain.errors import TrainingFailed, UserError
@@ -66,10 +66,17 @@ def _train(spec, backend, resume, force, watchdog):
     started = time.time()
     entry = models.get(spec.model.name)
     data = _Data.check(spec, backend, entry)  # before anything is written
-    run = _prepare_run_dir(spec, backend, resume, force)
     _set_numerics(spec.train)
-    lr = scaled_learning_rate(spec.train.learning_rate, backend.replicas, spec.distribute.lr_scaling)
-    model, optimizer, state = _build(spec, backend, entry, data, run, lr)
+    lr = optimizers.scaled_learning_rate(spec.train.learning_rate, backend.replicas * spec.train.accumulate_steps,
+                                         spec.distribute.lr_scaling, spec.train.optimizer)
+    shape = entry.input_shape(data.info["image_shape"], spec.data.tile)
+    model, optimizer, state, logged = _build(spec, backend, entry, data, shape, lr)
+    _check_target(spec.train, logged)
+    run = _prepare_run_dir(spec, backend, resume, force)
+    if backend.is_chief:
+        info = data.info
+        write_text(run.model, json.dumps({"input_shape": list(shape), "input_dtype": info["dtype"],
+                                          "num_classes": info["num_classes"], "class_names": info["class_names"]}))
     start_step = _restore(state, optimizer, run, backend) if resume else 0
     fitted = _fit(spec, backend, entry.task, data, run, model, optimizer, state, start_step, resume, lr, watchdog)
     if fitted is None:  # resumed after the end (e.g. a requeued job that had finished)
@@ -101,7 +108,8 @@ class _Data:
 
         path = _data_path(spec, backend)
         counts = pipeline.training_counts(path, spec.data.split, kind=entry.task.name, model=entry.name,
-                                          size=backend.replicas, batch_size=spec.train.batch_size, tile=spec.data.tile)
+                                          size=backend.replicas, batch_size=spec.train.update_batch,
+                                          tile=spec.data.tile)
         steps = min(counts.steps_per_epoch, spec.train.steps_per_epoch or counts.steps_per_epoch)
         if not (spec.train.validation and counts.val):
             return cls(path, counts.info, steps, counts.steps_per_epoch, None)
@@ -120,7 +128,7 @@ class _Data:
         from hpctrain.data import pipeline
 
         index, count = backend.input_shard
-        B = spec.train.batch_size
+        B = spec.train.update_batch
         ds, _ = pipeline.train_dataset(self.path, spec.data.split, rank=index, size=count,
                                        batch_size=B * backend.local_replicas, seed=spec.train.seed,
                                        tile=spec.data.tile, augment=spec.data.augment, in_memory=spec.data.in_memory,
@@ -179,34 +187,30 @@ def _set_numerics(train_spec):
     precision.apply(train_spec.precision)
 
 
-def make_optimizer(name, learning_rate):
-    opt = compat.keras().optimizers
-    if name == "adam":
-        return opt.Adam(learning_rate)
-    return opt.SGD(learning_rate, momentum=0.9 if name == "momentum" else 0.0)
-
-
-def scaled_learning_rate(base, replicas, rule):
-    return base * {"linear": replicas, "sqrt": replicas ** 0.5, "none": 1}[rule]
-
-
-def _build(spec, backend, entry, data, run, lr):
-    """The model, its wrapped optimizer and the checkpointable state, in the backend's scope; model.json."""
+def _build(spec, backend, entry, data, shape, lr):
+    """The model, its wrapped optimizer and the checkpointable state, in the backend's scope, and the names
+    of the metrics fit logs."""
     from hpctrain.train import checkpoint
 
-    info = data.info
     with backend.scope():
-        shape = entry.input_shape(info["image_shape"], spec.data.tile)
-        model = models.build(spec.model, shape, info["num_classes"], info["dtype"])
-        if backend.is_chief:
-            write_text(run.model, json.dumps({"input_shape": list(shape), "input_dtype": info["dtype"],
-                                              "num_classes": info["num_classes"], "class_names": info["class_names"]}))
-        optimizer = backend.wrap_optimizer(make_optimizer(spec.train.optimizer, lr))
+        model = models.build(spec.model, shape, data.info["num_classes"], data.info["dtype"])
+        if spec.train.accumulate_steps > 1:
+            from hpctrain.train.accumulate import accumulating
+
+            model = accumulating(model, spec.train.accumulate_steps, backend.reduce_gradients)
+        optimizer = backend.wrap_optimizer(optimizers.make(spec.train.optimizer, lr))
         loss, metrics = entry.task.compile_args(model)
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=spec.train.xla)
         optimizer.build(model.trainable_variables)
         state = checkpoint.TrainState(model, optimizer)
-    return model, optimizer, state
+    names = ["loss", *(m if isinstance(m, str) else getattr(m, "name", None) or m.__name__ for m in metrics)]
+    return model, optimizer, state, names + [f"val_{n}" for n in names] * (data.validation_steps is not None)
+
+
+def _check_target(train_spec, logged):
+    metric = train_spec.target_metric
+    if metric is not None and metric not in logged:
+        raise UserError(f"train.target_metric {metric!r} is not logged by this job; it logs {', '.join(logged)}")
 
 
 def _restore(state, optimizer, run, backend):
@@ -235,7 +239,7 @@ def _fit(spec, backend, task, data, run, model, optimizer, state, start_step, re
         return None
     validation = data.validation(spec, backend, task)
     # The ramp sets the rate of this step, also after a restore (the checkpoint holds the old one).
-    ramp = cb.LearningRateRamp(spec.train.learning_rate, lr, int(round(spec.distribute.warmup_epochs * steps)))
+    ramp = cb.LearningRateRamp(spec.train.learning_rate, lr, spec.distribute.lr_warmup_steps(steps))
     ramp.apply(optimizer, start_step)
     stopper = cb.GracefulStop(backend, spec.distribute.sync_every)
     nonfinite = cb.FailOnNonFinite()

@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 import psutil
 
-from hpctrain import __version__, compat
+from hpctrain import __version__, compat, optimizers
 from hpctrain.atomic import atomic_output, write_text
 from hpctrain.errors import UserError
 
@@ -37,7 +37,7 @@ class Timing:
     nodes: int
     per_worker_batch: int
     global_batch: int
-    lr_scaling: str
+    lr_scaling: str             # the rule used (lr_scaling "auto" resolved for the optimizer)
     precision: str
     xla: bool
     steps_per_epoch: int
@@ -52,6 +52,7 @@ class Timing:
     startup_seconds: float | None  # from this process's start to the first step
     target: dict                # {"metric", "value", "reached": {"epoch", "seconds", "value"} or None}
     environment: dict
+    accumulate_steps: int = 1   # micro-batches of per_worker_batch per update (global_batch counts them all)
     validation_shards: int = 1  # processes that split the validation samples (1: each scored all of them)
 
     # Runs of one comparison differ in nothing but the worker count and what follows from it.
@@ -120,7 +121,7 @@ def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, e
             validation_shards=1):
     """The Timing of a run. `complete`: False when a signal stopped the run; its resumption passes the
     stopped attempt's Timing as `earlier`, so the figures cover every step of the run."""
-    global_batch = spec.train.batch_size * backend.replicas
+    global_batch = spec.train.update_batch * backend.replicas
     if earlier:
         timer.step_times = earlier.step_times + timer.step_times
         timer.epoch_times = earlier.epoch_times + timer.epoch_times
@@ -132,7 +133,7 @@ def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, e
         dataset=str(spec.data.path), split=spec.data.split, tile=spec.data.tile,
         backend=backend.name, world_size=backend.replicas, processes=backend.size,
         nodes=backend.cluster.num_nodes, per_worker_batch=spec.train.batch_size,
-        global_batch=global_batch, lr_scaling=spec.distribute.lr_scaling,
+        global_batch=global_batch, lr_scaling=optimizers.scaling_rule(spec.distribute.lr_scaling, spec.train.optimizer),
         precision=spec.train.precision, xla=spec.train.xla,
         steps_per_epoch=steps_per_epoch, epochs=spec.train.epochs, warmup_steps=spec.train.warmup_steps,
         throughput=throughput_stats(timer.step_times, global_batch, spec.train.warmup_steps),
@@ -142,7 +143,8 @@ def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, e
         startup_seconds=timer.first_step_at - psutil.Process().create_time() if timer.first_step_at else None,
         target={"metric": spec.train.target_metric, "value": spec.train.target_value,
                 "reached": timer.target_reached},
-        environment=environment(backend, rank_hosts), validation_shards=validation_shards,
+        environment=environment(backend, rank_hosts), accumulate_steps=spec.train.accumulate_steps,
+        validation_shards=validation_shards,
     )
 
 

@@ -1,0 +1,40 @@
+"""The optimizers of train.optimizer, and how the learning rate follows the global batch.
+
+distribute.lr_scaling multiplies the 1-worker rate by a function of the replicas: "linear" (x N, Goyal et
+al. 2017), "sqrt" (x sqrt(N)), "none"; "auto" takes the optimizer's own rule below. The warm-up ramps from
+the 1-worker rate to the scaled one (hpctrain.train.callbacks.LearningRateRamp).
+"""
+from typing import NamedTuple
+
+from hpctrain import compat
+
+SCALING = {"linear": lambda n: n, "sqrt": lambda n: n ** 0.5, "none": lambda n: 1}
+
+
+class Optimizer(NamedTuple):
+    make: object     # learning rate -> tf_keras optimizer
+    auto_rule: str   # the SCALING rule of lr_scaling = "auto"
+
+
+def _keras():
+    return compat.keras().optimizers
+
+
+OPTIMIZERS = {
+    "adam": Optimizer(lambda lr: _keras().Adam(lr), "sqrt"),
+    "sgd": Optimizer(lambda lr: _keras().SGD(lr), "linear"),
+    "momentum": Optimizer(lambda lr: _keras().SGD(lr, momentum=0.9), "linear"),
+}
+
+
+def make(name, learning_rate):
+    return OPTIMIZERS[name].make(learning_rate)
+
+
+def scaling_rule(setting, optimizer):
+    """The SCALING rule that lr_scaling `setting` means for `optimizer`."""
+    return OPTIMIZERS[optimizer].auto_rule if setting == "auto" else setting
+
+
+def scaled_learning_rate(base, replicas, setting, optimizer):
+    return base * SCALING[scaling_rule(setting, optimizer)](replicas)
