@@ -11,9 +11,10 @@ from hpctrain.train.timing import Timing, throughput_stats
 pytestmark = pytest.mark.fast
 
 
-def run(tmp_path, workers, samples_per_s, per_worker_batch=8, global_batch=None, backend="horovod", **extra):
+def run(tmp_path, workers, samples_per_s, per_worker_batch=8, global_batch=None, backend="horovod", final=0.95,
+        **extra):
     """A run folder whose timing.json says `workers` reached `samples_per_s`."""
-    folder = tmp_path / f"{backend}-w{workers}-b{per_worker_batch}"
+    folder = tmp_path / f"{backend}-w{workers}-b{per_worker_batch}-{extra.get('split', 'all')}-s{extra.get('seed')}"
     folder.mkdir()
     timing = dict(complete=True, attempts=1, job="j", model="lenet5", parameters=10, dataset="d.h5", split="all",
                   tile=None, backend=backend, world_size=workers, processes=workers, nodes=1,
@@ -26,7 +27,7 @@ def run(tmp_path, workers, samples_per_s, per_worker_batch=8, global_batch=None,
                   environment={})
     timing.update(extra)
     (folder / "timing.json").write_text(json.dumps(timing))
-    (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 3, "val_accuracy": 0.95}) + "\n")
+    (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 3, "val_accuracy": final}) + "\n")
     return folder
 
 
@@ -65,6 +66,34 @@ def test_mixed_weak_and_strong_runs_and_repeated_counts_are_refused(tmp_path):
     again.mkdir()
     with pytest.raises(UserError, match="same worker count"):
         scaling.build([run(tmp_path, 2, 20.0), run(again, 2, 21.0)])
+
+
+def test_repeats_over_folds_and_seeds_give_mean_and_std_per_worker_count(tmp_path):
+    def target(epoch, seconds):
+        return {"metric": "val_accuracy", "value": 0.9, "reached": {"epoch": epoch, "seconds": seconds}}
+
+    runs = [run(tmp_path, 1, 20.0, split="fold0", seed=1, target=target(4, 40.0), final=0.90),
+            run(tmp_path, 1, 22.0, split="fold1", seed=1, target=target(6, 60.0), final=0.92),
+            run(tmp_path, 2, 38.0, split="fold0", seed=1, target=target(4, 20.0), final=0.89),
+            run(tmp_path, 2, 40.0, split="fold1", seed=1, target=target(8, 30.0), final=0.91)]
+    [group] = scaling.build(runs)  # folds are repeats of one comparison, not separate groups
+    one, two = group["rows"]
+    assert (one["runs"], two["runs"]) == (2, 2)
+    assert one["samples_per_s"] == pytest.approx(21.0) and two["speedup"] == pytest.approx(39.0 / 21.0)
+    assert one["time_to_target"] == pytest.approx(50.0) and one["time_to_target_std"] == pytest.approx(14.142, abs=1e-3)
+    assert two["target_speedup"] == pytest.approx(2.0)  # 50 s against 25 s
+    assert one["steps_to_target"] == pytest.approx(50.0)  # epochs 4 and 6 of 10 steps
+    assert two["samples_to_target"] == pytest.approx(60.0 * 16)
+    assert two["final"]["val_accuracy"] == pytest.approx(0.90) and two["final_std"]["val_accuracy"] == pytest.approx(
+        0.01414, abs=1e-4)
+    text = scaling.markdown([group])
+    assert "| 2 | 1 | 2 | 16 | 39.0 |" in text and "25.0 ± 7.1" in text and "0.9000 ± 0.0141" in text
+    assert "| 2 | fold1 | 1 | 40.0 | 30.0 | 0.9100 |" in text  # each run listed
+    partly = run(tmp_path, 4, 70.0, split="fold0", seed=2, target={"metric": "val_accuracy", "value": 0.9,
+                                                                   "reached": None})
+    [group] = scaling.build(runs + [partly, run(tmp_path, 4, 72.0, split="fold1", seed=2)])
+    assert group["rows"][2]["time_to_target"] is None and group["rows"][2]["targets_reached"] == 1
+    assert "1 of 2 reached" in scaling.markdown([group])
 
 
 def test_stopped_and_incomplete_runs_are_named(tmp_path):

@@ -127,17 +127,25 @@ def cmd_submit(args):
     plan = slurm.plan(args.job, sweep.parse_counts(args.gpus, "--gpus"), backend=args.backend, nodes=args.nodes,
                       gpus_per_node=args.gpus_per_node, cpu=args.cpu, template=args.template, output=args.output,
                       overrides=args.set, cpus_per_task=args.cpus_per_task, partition=args.partition,
-                      account=args.account, time_limit=args.time, sbatch_args=args.sbatch_arg)
+                      account=args.account, time_limit=args.time, sbatch_args=args.sbatch_arg,
+                      **_repeats(args))
     if args.dry_run:
         print(slurm.dry_run(plan))
         return 0
     slurm.submit(plan)
 
 
+def _repeats(args):
+    from hpctrain.launch import sweep
+
+    return {"folds": sweep.parse_folds(args.folds) if args.folds else None, "seeds": sweep.parse_seeds(args.seeds)}
+
+
 def cmd_scaling(args):
     from hpctrain.launch import sweep
 
-    plan = sweep.plan(args.job, sweep.parse_counts(args.workers), args.output, args.backend, args.set)
+    counts = sweep.parse_counts(args.workers) if hasattr(args, "workers") else [args.n]
+    plan = sweep.plan(args.job, counts, args.output, args.backend, args.set, **_repeats(args))
     path = sweep.run(plan, args.launcher, args.force, args.cores_per_worker)
     print(path.read_text())
     print(f"written: {path.parent}/")
@@ -171,6 +179,12 @@ def cmd_verify(args):
     from hpctrain.data.verify import verify
 
     print(verify(args.file))
+
+def _add_repeat_arguments(p, folds_required=False):
+    p.add_argument("--folds", required=folds_required, metavar="F-F|F,F,...",
+                   help="train on each of these folds of the dataset, e.g. 0-4 (its splits fold0..fold4)")
+    p.add_argument("--seeds", type=int, metavar="K", help="K seeds per run, counted from train.seed")
+
 
 def _add_spec_arguments(p):
     from hpctrain.distribute import backends
@@ -264,6 +278,7 @@ def build_parser():
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
                    help="extra sbatch option for the training jobs, e.g. --sbatch-arg=--qos=high (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch commands, submit nothing")
+    _add_repeat_arguments(p)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("scaling", help="run a job on 1, 2, ... local workers, then the scaling report")
@@ -273,6 +288,17 @@ def build_parser():
     p.add_argument("-o", "--output", required=True, help="sweep folder: w1/, w2/, ..., report/")
     p.add_argument("--force", action="store_true", help="replace existing run folders")
     p.add_argument("--cores-per-worker", type=int, help="CPU runs: pin each worker to its own N cores")
+    _add_repeat_arguments(p)
+    p.set_defaults(func=cmd_scaling)
+
+    p = sub.add_parser("cv", help="run a job on each fold (and seed) here, then the report of their mean and spread")
+    _add_spec_arguments(p)
+    p.add_argument("-n", type=int, default=1, help="workers of each run (default 1)")
+    p.add_argument("--launcher", choices=LAUNCHERS)
+    p.add_argument("-o", "--output", required=True, help="folder: w<N>/fold<F>-seed<S>/ runs, report/")
+    p.add_argument("--force", action="store_true", help="replace existing run folders")
+    p.add_argument("--cores-per-worker", type=int, help="CPU runs: pin each worker to its own N cores")
+    _add_repeat_arguments(p, folds_required=True)
     p.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("demo", help="pack ISBI 2012, train a U-Net on 1 and 2 workers, evaluate, report")

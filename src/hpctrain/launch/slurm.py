@@ -94,11 +94,11 @@ def _slurm_pattern(path):
 
 def plan(job_path, sizes, *, backend=None, nodes=None, gpus_per_node=None, cpu=False, template=None,
          output=None, overrides=(), cpus_per_task=None, partition=None, account=None, time_limit=None,
-         sbatch_args=(), env=None):
+         sbatch_args=(), env=None, folds=None, seeds=None):
     """The sbatch commands of a sweep (training jobs, then the report job, whose --dependency is filled in
     at submission). The backend: --backend, else the spec's, else the first with Slurm templates."""
     default = next(name for name, b in backends.BACKENDS.items() if b.slurm_templates)
-    sw = sweep_mod.plan(job_path, sizes, output, backend, overrides, default_backend=default)
+    sw = sweep_mod.plan(job_path, sizes, output, backend, overrides, default_backend=default, folds=folds, seeds=seeds)
     name = sw.backend.name
     directory = templates_dir(env)
     template_path = find_template(template or sw.backend.slurm_templates[0], directory)
@@ -115,7 +115,7 @@ def plan(job_path, sizes, *, backend=None, nodes=None, gpus_per_node=None, cpu=F
     jobs = []
     for r in sw.runs:
         lay = layout(name, r.workers, per, cpu)
-        job_name = f"{sw.spec.name}-w{r.workers}"
+        job_name = f"{sw.spec.name}-w{r.workers}" + (f"-{r.repeat}" if r.repeat else "")
         cmd = ["sbatch", "--parsable", f"--job-name={job_name}", f"--output={_slurm_pattern(logs)}/%x-%j.out",
                f"--nodes={lay.nodes}", f"--ntasks-per-node={lay.tasks_per_node}"]
         cmd += [f"--gpus-per-node={lay.gpus_per_node}"] if lay.gpus_per_node else []

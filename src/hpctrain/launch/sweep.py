@@ -1,7 +1,10 @@
 """A scaling sweep: the same job on 1, 2, ... workers, each into SWEEP/w<N>, then the scaling report in
-SWEEP/report. The plan is built once (`plan`) and run on this node (`run`, `hpctrain scaling`) or as
-Slurm jobs (hpctrain.launch.slurm, `hpctrain submit`). Every training command line of hpctrain comes
-from `train_args`."""
+SWEEP/report. With folds and seeds (`--folds 0-4 --seeds 3`, `hpctrain cv`) every worker count runs each
+fold x seed, into SWEEP/w<N>/fold<F>-seed<S>, and the report gives their mean and spread. The plan is
+built once (`plan`) and run on this node (`run`, `hpctrain scaling`) or as Slurm jobs
+(hpctrain.launch.slurm, `hpctrain submit`). Every training command line of hpctrain comes from
+`train_args`.
+"""
 import json
 import sys
 import time
@@ -22,6 +25,53 @@ def parse_counts(text, option="--workers"):
     if not counts or counts[0] < 1:
         raise UserError(f"{option} needs positive worker counts, not {text!r}")
     return counts
+
+
+def parse_folds(text):
+    """'0-4' or '0,2,3' -> [0, 1, 2, 3, 4] or [0, 2, 3]."""
+    try:
+        folds = set()
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            first, _, last = part.partition("-")
+            folds.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        folds = set()
+    if not folds or min(folds) < 0:
+        raise UserError(f"--folds takes fold numbers like 0-4 or 0,2,3, not {text!r}")
+    return sorted(folds)
+
+
+def parse_seeds(count):
+    if count is not None and count < 1:
+        raise UserError(f"--seeds takes how many seeds to run (1 or more), not {count}")
+    return count
+
+
+def _check_folds(spec, folds):
+    """Folds the dataset does not have are refused here, when its file can be read (before any run)."""
+    from hpctrain.data.pipeline import dataset_info
+
+    if not folds or not Path(spec.data.path).is_file():
+        return
+    have = sorted(s for s in dataset_info(spec.data.path)["splits"] if s.startswith("fold"))
+    missing = [f for f in folds if f"fold{f}" not in have]
+    if missing:
+        raise UserError(f"--folds {','.join(map(str, missing))}: {spec.data.path} has "
+                        + (", ".join(have) if have else "no folds"))
+
+
+def repeats(spec, folds=None, seeds=None):
+    """(label, overrides) of each repeat of a run: every fold x seed (seeds counted from train.seed); one
+    unlabelled repeat without folds and seeds."""
+    splits = [f"fold{f}" for f in folds] if folds else [None]
+    values = [spec.train.seed + i for i in range(seeds)] if seeds else [None]
+    out = []
+    for split in splits:
+        for seed in values:
+            label = "-".join(x for x in (split, None if seed is None else f"seed{seed}") if x)
+            out.append((label, ([f"data.split={toml_string(split)}"] if split else [])
+                        + ([f"train.seed={seed}"] if seed is not None else [])))
+    return out
 
 
 def train_args(job_path, overrides=(), backend=None, flags=()):
@@ -46,7 +96,8 @@ def toml_string(value):
 class Run:
     workers: int
     run_dir: Path
-    overrides: tuple  # the sweep's, then this run's folder and worker settings
+    overrides: tuple  # the sweep's, then this run's repeat, folder and worker settings
+    repeat: str = ""  # e.g. "fold2-seed43"; "" without folds and seeds
 
 
 @dataclass(frozen=True)
@@ -61,24 +112,28 @@ class Sweep:
         return train_args(self.job_path, run.overrides, self.backend.name, flags)
 
 
-def plan(job_path, counts, folder, backend=None, overrides=(), default_backend=None):
-    """The runs of a sweep of `counts` workers into `folder` (default: SPEC-NAME-sweep-TIME beside the
-    spec's output.dir). The backend: `backend`, else the spec's, else
-    `default_backend`; it must scale beyond one worker. The spec is validated with the overrides first,
-    so mistakes surface before anything runs or is queued."""
+def plan(job_path, counts, folder, backend=None, overrides=(), default_backend=None, folds=None, seeds=None):
+    """The runs of a sweep of `counts` workers (each fold x seed) into `folder` (default:
+    SPEC-NAME-sweep-TIME beside the spec's output.dir). The backend: `backend`, else the spec's, else
+    `default_backend`; it must scale beyond one worker when a count does. The spec is validated with the
+    overrides first, so mistakes surface before anything runs or is queued."""
     overrides, job_path = list(overrides), Path(job_path).resolve()
     spec = spec_mod.load(job_path, overrides + ([f"distribute.backend={backend}"] if backend else []))
     chosen = backends.BACKENDS[backend or spec.distribute.backend]
     if not chosen.scales() and default_backend and not backend:
         chosen = backends.BACKENDS[default_backend]
-    if not chosen.scales():
+    if not chosen.scales() and max(counts) > 1:
         scaling = [n for n, b in backends.BACKENDS.items() if b.scales()]
         raise UserError(f"a scaling sweep needs a distributed backend: --backend {one_of(scaling)}")
+    _check_folds(spec, folds)
     folder = Path(folder or spec.output.dir.parent / f"{spec.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    runs = tuple(Run(n, folder / f"w{n}", (*overrides, f"output.dir={toml_string(folder / f'w{n}')}",
-                                            *chosen.worker_overrides(n)))
-                 for n in counts)
-    return Sweep(job_path, spec, chosen, folder, runs)
+    runs = []
+    for n in counts:
+        for label, repeat in repeats(spec, folds, seeds):
+            run_dir = folder / f"w{n}" / label if label else folder / f"w{n}"
+            runs.append(Run(n, run_dir, (*overrides, *repeat, f"output.dir={toml_string(run_dir)}",
+                                         *chosen.worker_overrides(n)), label))
+    return Sweep(job_path, spec, chosen, folder, tuple(runs))
 
 
 def run(sweep, launcher=None, force=False, cores_per_worker=None):
@@ -89,10 +144,12 @@ def run(sweep, launcher=None, force=False, cores_per_worker=None):
 
     env = {"HPCTRAIN_CORES_PER_WORKER": str(cores_per_worker)} if cores_per_worker else {}
     for r in sweep.runs:
-        print(f"hpctrain scaling: {r.workers} worker{'s' * (r.workers > 1)} -> {r.run_dir}", flush=True)
+        print(f"hpctrain scaling: {r.workers} worker{'s' * (r.workers > 1)}{' ' + r.repeat if r.repeat else ''} "
+              f"-> {r.run_dir}", flush=True)
         chosen, processes, _ = sweep.backend.local_plan(r.workers, launcher)
         argv = hpctrain_command(sweep.train_args(r, ["--force"] if force else []))
         code = local.run(processes, argv, chosen, env=env)
         if code != 0:
-            raise UserError(f"the {r.workers}-worker run failed (exit code {code}); see its output above")
+            what = f"the {r.workers}-worker run" + (f" {r.repeat}" if r.repeat else "")
+            raise UserError(f"{what} failed (exit code {code}); see its output above")
     return scaling.write([r.run_dir for r in sweep.runs], sweep.folder / "report")

@@ -2,7 +2,8 @@
 
 Reads each run's timing.json (hpctrain.train.timing.Timing) and metrics.jsonl and writes OUT/report.md,
 report.csv, report.json and plots. Runs are compared only when they differ in nothing but the worker
-count; otherwise they fall into separate groups, each reported on its own, never mixed.
+count and the repeat (fold and seed, `hpctrain cv`); otherwise they fall into separate groups, each
+reported on its own, never mixed. The repeats of a worker count give its mean and standard deviation.
 
 - weak scaling (per-worker batch fixed):  efficiency = throughput(N) / (N/N0 x throughput(N0))
 - strong scaling (global batch fixed):    the same ratio; it equals time(N0) / (N/N0 x time(N)) there
@@ -11,6 +12,7 @@ N0 is the smallest worker count of the group (1 when a 1-worker run is given).
 import csv
 import io
 import json
+import statistics
 from pathlib import Path
 
 from hpctrain.atomic import write_text
@@ -31,7 +33,7 @@ def load_run(run_dir):
 
 
 def group(runs):
-    """Runs grouped by everything but the worker count, in first-seen order."""
+    """Runs grouped by everything but the worker count and the repeat (split, seed), in first-seen order."""
     groups = {}
     for run in runs:
         groups.setdefault(run["timing"].comparison_key(), []).append(run)
@@ -49,32 +51,69 @@ def _mode(runs):
                     f"({sorted(per_worker)} / {sorted(global_)}); compare weak or strong scaling, not both")
 
 
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def _repeat(r):
+    t = r["timing"]
+    reached = (t.target or {}).get("reached")
+    steps = reached["epoch"] * t.steps_per_epoch if reached else None
+    epochs = t.epoch_times or [None]
+    return {"split": t.split, "seed": t.seed, "run": r["run"],
+            "samples_per_s": (t.throughput or {}).get("samples_per_s"),
+            "epoch_time": statistics.fmean(epochs[1:]) if len(epochs) > 1 else epochs[0],  # the first: compilation
+            "train_time": t.train_time, "time_to_target": t.target_seconds, "steps_to_target": steps,
+            "final": {k: v for k, v in r["final"].items() if k != "epoch"}}
+
+
+def _ratio(a, b):
+    return a / b if a and b else None
+
+
 def table(runs):
-    """One row per run of a group, sorted by worker count, with speedup and efficiency."""
-    runs = sorted(runs, key=lambda r: r["timing"].world_size)
-    sizes = [r["timing"].world_size for r in runs]
-    if len(set(sizes)) != len(sizes):
-        raise UserError(f"two runs of {runs[0]['timing'].job} have the same worker count {sizes}: "
-                        "give one run per worker count")
+    """One row per worker count of a group, sorted: the mean (and std) over its repeats (folds, seeds),
+    with speedup and efficiency of throughput and of time to target against the smallest count."""
+    by_count = {}
+    for r in sorted(runs, key=lambda r: r["timing"].world_size):
+        by_count.setdefault(r["timing"].world_size, []).append(r)
+    for n, repeats in by_count.items():
+        keys = [(r["timing"].split, r["timing"].seed) for r in repeats]
+        if len(set(keys)) != len(keys):
+            raise UserError(f"two runs of {repeats[0]['timing'].job} have the same worker count {n}, split and seed: "
+                            "give one run per worker count (or per fold and seed)")
     mode = _mode(runs)
-    base = runs[0]["timing"]
-    base_tp = (base.throughput or {}).get("samples_per_s")
     rows = []
-    for r in runs:
-        t = r["timing"]
-        tp = t.throughput or {}
-        n = t.world_size
-        speedup = tp.get("samples_per_s") / base_tp if base_tp and tp.get("samples_per_s") else None
-        epochs = t.epoch_times or []
+    for n, repeats in by_count.items():
+        t = repeats[0]["timing"]
+        each = [_repeat(r) for r in repeats]
+        tp, tp_std = _mean_std([e["samples_per_s"] for e in each])
+        single_ci = (t.throughput or {}).get("samples_per_s_ci95") if len(each) == 1 else None
+        reached = [e["time_to_target"] for e in each if e["time_to_target"] is not None]
+        to_target, to_target_std = _mean_std(reached) if len(reached) == len(each) else (None, None)
+        steps, steps_std = _mean_std([e["steps_to_target"] for e in each]) if to_target is not None else (None, None)
+        keys = sorted({k for e in each for k in e["final"]})
+        finals = {k: _mean_std([e["final"].get(k) for e in each]) for k in keys}
         rows.append({
-            "workers": n, "nodes": t.nodes, "global_batch": t.global_batch,
-            "samples_per_s": tp.get("samples_per_s"), "ci95": tp.get("samples_per_s_ci95"),
-            "speedup": speedup,
-            "efficiency": speedup / (n / base.world_size) if speedup else None,
-            "epoch_time": sum(epochs[1:]) / len(epochs[1:]) if len(epochs) > 1 else (epochs[0] if epochs else None),
-            "train_time": t.train_time, "time_to_target": t.target_seconds,
-            "final": {k: v for k, v in r["final"].items() if k != "epoch"}, "run": r["run"],
+            "workers": n, "nodes": t.nodes, "global_batch": t.global_batch, "runs": len(each),
+            "samples_per_s": tp, "ci95": single_ci if single_ci is not None else
+            (1.96 * tp_std / len(each) ** 0.5 if tp_std is not None else None),
+            "epoch_time": _mean_std([e["epoch_time"] for e in each])[0],
+            "train_time": _mean_std([e["train_time"] for e in each])[0],
+            "time_to_target": to_target, "time_to_target_std": to_target_std, "targets_reached": len(reached),
+            "steps_to_target": steps, "steps_to_target_std": steps_std,
+            "samples_to_target": steps * t.global_batch if steps is not None else None,
+            "final": {k: m for k, (m, _) in finals.items()}, "final_std": {k: sd for k, (_, sd) in finals.items()},
+            "repeats": each, "run": each[0]["run"] if len(each) == 1 else None,
         })
+    base = rows[0]
+    for row in rows:
+        row["speedup"] = _ratio(row["samples_per_s"], base["samples_per_s"])
+        row["efficiency"] = _ratio(row["speedup"], row["workers"] / base["workers"])
+        row["target_speedup"] = _ratio(base["time_to_target"], row["time_to_target"])
     return mode, rows
 
 
@@ -93,36 +132,50 @@ def build(run_dirs):
     return report
 
 
-def _fmt(v, digits=2):
+def _fmt(v, digits=2, std=None):
     if v is None:
         return "-"
-    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+    text = f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+    return f"{text} ± {std:.{digits}f}" if std is not None else text
 
 
 def markdown(report):
     lines = ["# Scaling report", ""]
     for g in report:
         env = g["environment"]
+        repeated = any(r["runs"] > 1 for r in g["rows"])
         lines += [f"## {g['job']}: {g['model']}, backend {g['backend']}, {g['mode']} scaling", "",
                   f"Per-worker batch {', '.join(map(str, g['per_worker_batch']))}; "
                   f"TensorFlow {env.get('tensorflow', '?')}"
                   + "".join(f", {name} {version}" for name, version in env.get("backend_versions", {}).items())
                   + f"; host {env.get('host', '?')}, {env.get('gpus', 0)} GPUs, {env.get('cpus_available', '?')} CPUs"
-                  + (f"; target {g['target']} >= {g['target_value']}" if g["target"] else ""), "",
-                  "| workers | nodes | global batch | samples/s | ±95 % | speedup | efficiency | epoch s | "
-                  "train s | to target s |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  + (f"; target {g['target']} >= {g['target_value']}" if g["target"] else "")
+                  + ("; mean ± std over the runs (folds, seeds) of each worker count" if repeated else ""), "",
+                  "| workers | nodes | runs | global batch | samples/s | ±95 % | speedup | efficiency | epoch s | "
+                  "train s | to target s | steps to target | speedup to target |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in g["rows"]:
-            lines.append("| " + " | ".join([str(r["workers"]), str(r["nodes"]), str(r["global_batch"]),
-                                            _fmt(r["samples_per_s"], 1), _fmt(r["ci95"], 1), _fmt(r["speedup"]),
-                                            _fmt(r["efficiency"]), _fmt(r["epoch_time"], 1),
-                                            _fmt(r["train_time"], 1), _fmt(r["time_to_target"], 1)]) + " |")
-        finals = [(r["workers"], r["final"]) for r in g["rows"] if r["final"]]
+            to_target = _fmt(r["time_to_target"], 1, r["time_to_target_std"])
+            if r["time_to_target"] is None and r["targets_reached"]:
+                to_target = f"{r['targets_reached']} of {r['runs']} reached"
+            lines.append("| " + " | ".join([
+                str(r["workers"]), str(r["nodes"]), str(r["runs"]), str(r["global_batch"]),
+                _fmt(r["samples_per_s"], 1), _fmt(r["ci95"], 1), _fmt(r["speedup"]), _fmt(r["efficiency"]),
+                _fmt(r["epoch_time"], 1), _fmt(r["train_time"], 1), to_target,
+                _fmt(r["steps_to_target"], 0, r["steps_to_target_std"]), _fmt(r["target_speedup"])]) + " |")
+        finals = [r for r in g["rows"] if r["final"]]
         if finals:
-            keys = sorted({k for _, f in finals for k in f})
-            lines += ["", "Final metrics:", "", "| workers | " + " | ".join(keys) + " |",
-                      "|---:|" + "---:|" * len(keys)]
-            lines += [f"| {n} | " + " | ".join(_fmt(f.get(k), 4) for k in keys) + " |" for n, f in finals]
+            keys = sorted({k for r in finals for k in r["final"]})
+            lines += ["", "Final metrics" + (" (mean ± std)" if repeated else "") + ":", "",
+                      "| workers | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
+            lines += [f"| {r['workers']} | " + " | ".join(_fmt(r["final"].get(k), 4, r["final_std"].get(k))
+                                                         for k in keys) + " |" for r in finals]
+        if repeated:
+            lines += ["", "Each run:", "", "| workers | split | seed | samples/s | to target s | final " +
+                      (g["target"] or "") + " | run |", "|---:|---|---:|---:|---:|---:|---|"]
+            lines += [f"| {r['workers']} | {e['split']} | {_fmt(e['seed'])} | {_fmt(e['samples_per_s'], 1)} | "
+                      f"{_fmt(e['time_to_target'], 1)} | {_fmt(e['final'].get(g['target']), 4)} | {e['run']} |"
+                      for r in g["rows"] for e in r["repeats"]]
         lines += ["", f"![throughput]({_slug(g)}-throughput.png) ![efficiency]({_slug(g)}-efficiency.png)", ""]
     return "\n".join(lines)
 
@@ -133,8 +186,9 @@ def _slug(g):
 
 def csv_text(report):
     buf = io.StringIO()
-    fields = ["job", "backend", "mode", "workers", "nodes", "global_batch", "samples_per_s", "ci95", "speedup",
-              "efficiency", "epoch_time", "train_time", "time_to_target", "run"]
+    fields = ["job", "backend", "mode", "workers", "nodes", "runs", "global_batch", "samples_per_s", "ci95", "speedup",
+              "efficiency", "epoch_time", "train_time", "time_to_target", "time_to_target_std", "steps_to_target",
+              "target_speedup", "run"]
     writer = csv.DictWriter(buf, fields, extrasaction="ignore")
     writer.writeheader()
     for g in report:

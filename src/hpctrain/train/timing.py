@@ -53,12 +53,13 @@ class Timing:
     target: dict                # {"metric", "value", "reached": {"epoch", "seconds", "value"} or None}
     environment: dict
     accumulate_steps: int = 1   # micro-batches of per_worker_batch per update (global_batch counts them all)
+    seed: int | None = None     # train.seed
     validation_shards: int = 1  # processes that split the validation samples (1: each scored all of them)
 
     # Runs of one comparison differ in nothing but the worker count and what follows from it.
     SCALED: ClassVar = ("world_size", "processes", "nodes", "per_worker_batch", "global_batch", "steps_per_epoch")
-    COMPARED: ClassVar = ("job", "model", "parameters", "dataset", "split", "tile", "backend", "precision", "xla",
-                          "lr_scaling", "epochs", "warmup_steps")
+    COMPARED: ClassVar = ("job", "model", "parameters", "dataset", "tile", "backend", "precision", "xla",
+                          "lr_scaling", "epochs", "warmup_steps")  # split and seed: repeats of one comparison
 
     def comparison_key(self):
         return tuple((k, json.dumps(getattr(self, k))) for k in self.COMPARED)
@@ -144,7 +145,7 @@ def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, e
         target={"metric": spec.train.target_metric, "value": spec.train.target_value,
                 "reached": timer.target_reached},
         environment=environment(backend, rank_hosts), accumulate_steps=spec.train.accumulate_steps,
-        validation_shards=validation_shards,
+        seed=spec.train.seed, validation_shards=validation_shards,
     )
 
 
