@@ -61,6 +61,7 @@ def test_cv_trains_every_fold_and_seed_and_reports_mean_and_spread(tmp_path, isb
     [row] = group["rows"]
     assert row["runs"] == 4 and row["time_to_target_std"] is not None and row["final_std"]["val_loss"] > 0
     assert "mean ± std over the runs" in proc.stdout and "| 1 | fold2 | 6 |" in proc.stdout
+    assert (out / "report" / f"tiny-{group['backend']}-target.png").stat().st_size > 10_000  # val_loss over time
 
 
 @pytest.mark.slow

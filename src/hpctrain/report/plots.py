@@ -1,4 +1,7 @@
-"""Scaling plots: throughput against workers with the ideal line, and parallel efficiency."""
+"""Scaling plots: throughput against workers with the ideal line, parallel efficiency, and the target
+metric against training time."""
+import itertools
+
 from hpctrain.atomic import atomic_output
 
 
@@ -41,4 +44,25 @@ def plot_group(group, throughput_png, efficiency_png):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, efficiency_png)
+    plt.close(fig)
+
+
+def plot_target_curves(group, histories, png):
+    """The target metric against wall-clock training time, every run of every worker count on one set of
+    axes (a colour per count), with the target as a line. histories: {run folder: metrics.jsonl rows}."""
+    plt = _pyplot()
+    metric = group["target"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, row in enumerate(group["rows"]):
+        for j, repeat in enumerate(row["repeats"]):
+            rows = [r for r in histories[repeat["run"]] if metric in r]
+            seconds = list(itertools.accumulate(repeat["epoch_times"]))[:len(rows)]
+            ax.plot(seconds, [r[metric] for r in rows[:len(seconds)]], color=f"C{i}", alpha=0.8 if j else 1,
+                    lw=1, label=f"{row['workers']} worker{'s' * (row['workers'] > 1)}" if not j else None)
+    ax.axhline(group["target_value"], ls="--", color="gray", label="target")
+    ax.set(xlabel="training time (s)", ylabel=metric, title=f"{group['job']}: {metric} against time")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, png)
     plt.close(fig)

@@ -66,7 +66,8 @@ def _repeat(r):
     return {"split": t.split, "seed": t.seed, "run": r["run"],
             "samples_per_s": (t.throughput or {}).get("samples_per_s"),
             "epoch_time": statistics.fmean(epochs[1:]) if len(epochs) > 1 else epochs[0],  # the first: compilation
-            "train_time": t.train_time, "time_to_target": t.target_seconds, "steps_to_target": steps,
+            "train_time": t.train_time, "epoch_times": t.epoch_times, "time_to_target": t.target_seconds,
+            "steps_to_target": steps,
             "final": {k: v for k, v in r["final"].items() if k != "epoch"}}
 
 
@@ -176,7 +177,8 @@ def markdown(report):
             lines += [f"| {r['workers']} | {e['split']} | {_fmt(e['seed'])} | {_fmt(e['samples_per_s'], 1)} | "
                       f"{_fmt(e['time_to_target'], 1)} | {_fmt(e['final'].get(g['target']), 4)} | {e['run']} |"
                       for r in g["rows"] for e in r["repeats"]]
-        lines += ["", f"![throughput]({_slug(g)}-throughput.png) ![efficiency]({_slug(g)}-efficiency.png)", ""]
+        lines += ["", f"![throughput]({_slug(g)}-throughput.png) ![efficiency]({_slug(g)}-efficiency.png)"
+                  + (f" ![{g['target']} against time]({_slug(g)}-target.png)" if g["target"] else ""), ""]
     return "\n".join(lines)
 
 
@@ -211,7 +213,7 @@ def missing_runs(run_dirs):
 def write(run_dirs, out, allow_missing=False):
     """Builds the report of `run_dirs` into folder `out`; returns the report.md path. With `allow_missing`
     (a report queued after a sweep) runs without timing.json are named in report.md instead of failing it."""
-    from hpctrain.report.plots import plot_group
+    from hpctrain.report.plots import plot_group, plot_target_curves
 
     missing = missing_runs(run_dirs) if allow_missing else []
     finished = [d for d in run_dirs if d not in missing]
@@ -220,6 +222,9 @@ def write(run_dirs, out, allow_missing=False):
     out.mkdir(parents=True, exist_ok=True)
     for g in report:
         plot_group(g, out / f"{_slug(g)}-throughput.png", out / f"{_slug(g)}-efficiency.png")
+        if g["target"]:
+            runs = [e["run"] for r in g["rows"] for e in r["repeats"]]
+            plot_target_curves(g, {run: RunDir(run).history() for run in runs}, out / f"{_slug(g)}-target.png")
     write_text(out / "report.json", json.dumps(report, indent=2))
     write_text(out / "report.csv", csv_text(report))
     text = markdown(report)
