@@ -1,6 +1,7 @@
 """Time to accuracy: a job trained to its target metric at several worker counts and settings, over seeds.
-Prints, per case, samples/s, time and epoch to the target, the final metric (medians and ranges over the
-seeds) and the speedup of the median time to target against the first case.
+Prints, per case, samples/s, time, epoch and samples seen (steps x global batch) to the target, the final
+metric (medians and ranges over the seeds) and the speedup of the median time to target against the first
+case.
 
     .venv/bin/python benchmarks/time_to_accuracy.py [--job jobs/unet_isbi_cpu.toml] [--seeds 42,1,2]
         [--backend horovod] [--set KEY=VALUE ...] CASE [CASE ...]
@@ -34,7 +35,7 @@ def parse_case(text):
 
 
 def train(job, workers, overrides, backend, out):
-    """Trains one case; (samples/s, seconds to target or None, epoch or None, final target metric)."""
+    """Trains one case; (samples/s, seconds, epoch and samples to target or None, final target metric)."""
     sets = [a for o in overrides + [f"output.dir={toml_string(str(out))}"] for a in ("--set", o)]
     if workers == 1:
         command = [HPCTRAIN, "train", job, *sets, "--force"]
@@ -47,7 +48,8 @@ def train(job, workers, overrides, backend, out):
     timing = json.loads((out / "timing.json").read_text())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     reached = timing["target"]["reached"] or {}
-    return (timing["throughput"]["samples_per_s"], reached.get("seconds"), reached.get("epoch"),
+    samples = reached["epoch"] * timing["steps_per_epoch"] * timing["global_batch"] if reached else None
+    return (timing["throughput"]["samples_per_s"], reached.get("seconds"), reached.get("epoch"), samples,
             rows[-1][timing["target"]["metric"]])
 
 
@@ -91,14 +93,16 @@ def main():
     base = statistics.median([r[1] for r in results[0] if r[1] is not None] or [float("nan")])
     print(f"{args.job}, target {target.target_metric} >= {target.target_value}, seeds {args.seeds}, "
           f"common settings: {' '.join(args.overrides) or 'none'}; medians (ranges)\n")
-    print(f"| case | samples/s | seconds to target | epoch | final {target.target_metric} | speedup to target |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| case | samples/s | seconds to target | epoch | samples to target | final {target.target_metric} | "
+          "speedup to target |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for i, case in enumerate(args.cases):
         rs = results[i]
         times = [r[1] for r in rs if r[1] is not None]
         speedup = f"{base / statistics.median(times):.2f}" if times and len(times) == len(rs) else "-"
         print(f"| {case} | {spread([r[0] for r in rs])} | {spread([r[1] for r in rs])} | "
-              f"{spread([r[2] for r in rs])} | {spread([r[3] for r in rs])} | {speedup} |")
+              f"{spread([r[2] for r in rs])} | {spread([r[3] for r in rs])} | {spread([r[4] for r in rs])} | "
+              f"{speedup} |")
 
 
 if __name__ == "__main__":

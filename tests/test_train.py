@@ -211,5 +211,16 @@ def test_a_target_the_job_does_not_log_is_refused_and_nothing_is_lost(tmp_path, 
     assert earlier.read_text() == "earlier run"
 
 
+@pytest.mark.slow
+def test_stop_at_target_ends_training_at_the_first_epoch_that_reaches_it(tmp_path, mnist_h5):
+    job = cnn_job(tmp_path, mnist_h5, epochs=4, target_metric="val_loss", target_value=100.0, stop_at_target=True)
+    run_hpctrain("train", job, check=True)
+    rows = [json.loads(line) for line in (tmp_path / "cnn" / "metrics.jsonl").read_text().splitlines()]
+    timing = json.loads((tmp_path / "cnn" / "timing.json").read_text())
+    assert [r["epoch"] for r in rows] == [1] and timing["complete"] and timing["target"]["reached"]["epoch"] == 1
+    assert_user_error(run_hpctrain("train", cnn_job(tmp_path, mnist_h5, name="no", stop_at_target=True)),
+                      "train.stop_at_target needs train.target_metric")
+
+
 def test_several_workers_need_a_distributed_backend(tmp_path, mnist_h5):
     assert_user_error(run_hpctrain("launch", "-n", 2, cnn_job(tmp_path, mnist_h5)), "backend 'none' trains on one")

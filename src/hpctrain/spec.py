@@ -86,6 +86,7 @@ class TrainSpec(_Section):
     warmup_steps: int = Field(5, ge=0)           # steps left out of throughput figures
     target_metric: str | None = None             # e.g. "val_dice": time to reach target_value is timed
     target_value: float | None = None
+    stop_at_target: bool = False                 # end training at the first epoch that reaches the target
 
     @property
     def update_batch(self):
@@ -146,6 +147,8 @@ class JobSpec(_Section):
     def _consistent(self):
         if (self.train.target_metric is None) != (self.train.target_value is None):
             raise ValueError("train.target_metric and train.target_value go together")
+        if self.train.stop_at_target and self.train.target_metric is None:
+            raise ValueError("train.stop_at_target needs train.target_metric and train.target_value")
         multiple = models.get(self.model.name).size_multiple(self.model.settings)
         if self.data.tile is not None and self.data.tile % multiple:
             raise ValueError(f"data.tile must be a multiple of {multiple} for model {self.model.name}")

@@ -71,11 +71,12 @@ class GracefulStop(keras.callbacks.Callback):
 
 
 class StepTimer(keras.callbacks.Callback):
-    """Wall time of every training step and epoch, and when the target metric was first reached."""
+    """Wall time of every training step and epoch, and when the target metric was first reached (then
+    training ends there with `stop`: every rank sees the same reduced metric, so all stop together)."""
 
-    def __init__(self, target_metric=None, target_value=None):
+    def __init__(self, target_metric=None, target_value=None, stop=False):
         super().__init__()
-        self.target_metric, self.target_value = target_metric, target_value
+        self.target_metric, self.target_value, self.stop = target_metric, target_value, stop
         self.step_times, self.epoch_times, self.target_reached = [], [], None
         self.start = self.first_step_at = None
 
@@ -99,6 +100,7 @@ class StepTimer(keras.callbacks.Callback):
         value = (logs or {}).get(self.target_metric)
         if self.target_reached is None and value is not None and _reached(self.target_metric, value, self.target_value):
             self.target_reached = {"epoch": epoch + 1, "seconds": now - self.start, "value": float(value)}
+            self.model.stop_training = self.stop
 
 
 def _reached(metric, value, target):

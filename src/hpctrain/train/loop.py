@@ -243,7 +243,7 @@ def _fit(spec, backend, task, data, run, model, optimizer, state, start_step, re
     ramp.apply(optimizer, start_step)
     stopper = cb.GracefulStop(backend, spec.distribute.sync_every)
     nonfinite = cb.FailOnNonFinite()
-    timer = cb.StepTimer(spec.train.target_metric, spec.train.target_value)
+    timer = cb.StepTimer(spec.train.target_metric, spec.train.target_value, spec.train.stop_at_target)
     callbacks = [*backend.callbacks(), ramp, nonfinite, stopper, timer, *([watchdog] if watchdog else [])]
     with backend.output_dir(run.path) as where:
         where = RunDir(where)  # the chief's run folder, or a worker's temporary stand-in
