@@ -122,9 +122,9 @@ def test_images_round_trip(tmp_path, isbi, variant):
         if mode is None:
             tifffile.imwrite(path, stored)
         elif mode == "LA":
-            Image.fromarray(np.stack([stored, np.full_like(stored, 200)], -1), "LA").save(path)
+            Image.fromarray(np.stack([stored, np.full_like(stored, 255)], -1), "LA").save(path)  # opaque
         elif mode == "RGBA":
-            Image.fromarray(np.concatenate([stored, np.full_like(stored[..., :1], 9)], -1), "RGBA").save(path)
+            Image.fromarray(np.concatenate([stored, np.full_like(stored[..., :1], 255)], -1), "RGBA").save(path)
         else:
             Image.fromarray(stored).save(path)
         Image.fromarray(labels[i]).save(tmp_path / "mask" / f"slice{i + 1}.png")
@@ -336,3 +336,21 @@ def test_two_files_of_one_stem_are_refused(tmp_path, isbi):
     assert_user_error(run_hpctrain("pack", "images", "--images", images, "--masks", masks, "-o", tmp_path / "x.h5"),
                       "images of the same stem", "a.png and a.tif")
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_bad_image_files_through_the_command_are_one_line_and_exit_2(tmp_path):
+    from test_data_images import grey, mask, opaque, write
+
+    write(tmp_path / "img" / "a.png", opaque(grey(1)))
+    write(tmp_path / "mask" / "a.png", mask(0))
+    out = tmp_path / "out.h5"
+    bad = opaque(grey(1))
+    bad[0, 0, 1] = 0
+    write(tmp_path / "img" / "a.png", bad, "LA")
+    assert_user_error(run_hpctrain("pack", "images", "--images", tmp_path / "img", "--masks", tmp_path / "mask",
+                                   "-o", out), "a.png: 1 pixels are not fully opaque")
+    write(tmp_path / "img" / "a.png", grey(1))
+    write(tmp_path / "mask" / "a.png", (mask(0) * 0.5).astype(np.uint8) + mask(0) // 3)
+    assert_user_error(run_hpctrain("pack", "images", "--images", tmp_path / "img", "--masks", tmp_path / "mask",
+                                   "-o", out), "--mask-threshold")
+    assert not out.exists()

@@ -320,14 +320,21 @@ def build_parser():
     f.add_argument("--labels", required=True, help="e.g. t10k-labels-idx1-ubyte.gz")
     f = formats.add_parser("images", parents=[out], help="a folder or glob of PNG/TIFF slices and their masks")
     f.add_argument("--images", required=True, help="folder or glob of image slices")
-    f.add_argument("--masks", required=True, help="folder or glob of two-valued masks, paired by file stem")
+    f.add_argument("--masks", required=True, help="folder or glob of masks, paired by file stem")
     f.add_argument("--mask-suffix", default="", metavar="SUFFIX",
                    help="a mask's stem is its image's plus SUFFIX, e.g. _mask for slice_3_mask.png (default: none)")
     f.add_argument("--pair-by", choices=("stem", "order"), default="stem",
                    help="pair images and masks by file stem (default) or by position in natural order")
     f.add_argument("--test", help="folder or glob of unlabelled slices")
-    f.add_argument("--class-names", type=lambda s: s.split(","), default=["background", "foreground"],
-                   metavar="A,B", help="names of mask classes 0 and 1 (default background,foreground)")
+    f.add_argument("--class-names", type=lambda s: s.split(","), metavar="A,B,...",
+                   help="names of mask classes 0, 1, ... (default background,foreground, or background,class1,... "
+                        "for --classes N)")
+    f.add_argument("--classes", type=int, default=2, metavar="N",
+                   help="masks hold class ids 0..N-1 (grey levels or palette indices); default 2: two-valued masks")
+    f.add_argument("--mask-threshold", type=int, metavar="T",
+                   help="anti-aliased masks: a pixel >= T is class 1, below it class 0")
+    f.add_argument("--channels", type=int, choices=(1, 3),
+                   help="store grey (1; colour by luminance) or RGB (3); default: the first image's")
     f = formats.add_parser("synthetic-em", parents=[out], help="EM-like images with membrane masks")
     f.add_argument("--count", type=int, required=True, help="number of samples")
     f.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")

@@ -28,6 +28,13 @@ def describe(path):
         lines.append(f"classes ({unit}):")
         for i, (name, raw, count) in enumerate(zip(ds.class_names, ds.label_values, counts)):
             lines.append(f"  {i} {name} (raw value {raw}): {100 * count / max(counts.sum(), 1):.1f} %")
+        for role, counts_of in ds.attr_json("conversions").items() if "conversions" in attrs else ():
+            lines.append(f"{role}, by original mode:")
+            lines += [f"  {files} {'file' if files == 1 else 'files'}: {what}" for what, files in counts_of.items()]
+        if "mask_threshold" in attrs:
+            t = ds.attr_json("mask_threshold")
+            lines.append(f"masks thresholded at {t['threshold']}: {t['pixels_between']} of {t['pixels']} pixels "
+                         f"({100 * t['pixels_between'] / max(t['pixels'], 1):.2f} %) were neither 0 nor the maximum")
         lines.append("splits:")
         for name in ds.split_names:
             lines.append(f"  {name}: train {len(ds.file['splits'][name]['train'])}, "

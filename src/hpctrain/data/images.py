@@ -1,39 +1,44 @@
 """`hpctrain pack images`: a folder (or glob) of PNG/TIFF slices and their masks as a segmentation dataset.
 
-Images may be 8- or 16-bit grayscale (an alpha channel is dropped) or RGB (RGBA loses its alpha, palette
-images become RGB); all must have the same size, bit depth and channels. Masks are required, because a
-file without targets cannot be trained on: one grayscale mask per image, two-valued (0/1 or 0/max) and
-stored as class ids 0 (lower value) and 1. Images and masks pair by file stem (slice_3.png with
-slice_3.tif, or with slice_3_mask.png under --mask-suffix _mask), never by position alone: a stem without
-its partner, or two files of one stem, is refused. `--pair-by order` pairs by position in natural sort
-order (img2 before img10) for folders whose names differ on purpose. Samples are stored in the images'
-natural order. Images without masks, to predict on, can be added with --test (`test_images`).
+Every image is brought to one pixel layout (`image_files.PixelLayout`: grey or RGB, 8 or 16 bit; opaque
+alpha dropped, grey stored as colour made grey, `channels` to force 1 or 3); what was converted is
+recorded per original mode (`conversions`). Masks are required, because a file without targets cannot be
+trained on: one mask per image, read by `masks.MaskRule` (two-valued, thresholded, or class ids).
+Images and masks pair by file stem (slice_3.png with slice_3.tif, or with slice_3_mask.png under
+--mask-suffix _mask), never by position alone: a stem without its partner, or two files of one stem, is
+refused. `--pair-by order` pairs by position in natural sort order (img2 before img10) for folders whose
+names differ on purpose. Samples are stored in the images' natural order, one file in memory at a time.
+Images without masks, to predict on, can be added with --test (`test_images`).
 """
 import glob
 import re
 from pathlib import Path
 
 import numpy as np
-import tifffile
-from PIL import Image, UnidentifiedImageError
 
 from hpctrain.atomic import check_new_output
 from hpctrain.data import packing, schema
+from hpctrain.data.image_files import SUFFIXES, PixelLayout
+from hpctrain.data.masks import MaskRule
 from hpctrain.errors import UserError
 
-SUFFIXES = (".png", ".tif", ".tiff")
-DEFAULT_CLASS_NAMES = ("background", "foreground")
+
+def default_class_names(classes):
+    return ["background", "foreground"] if classes == 2 else ["background", *(f"class{i}" for i in range(1, classes))]
 
 
-def pack(out, *, images, masks, test=None, class_names=DEFAULT_CLASS_NAMES, pair_by="stem", mask_suffix="",
-         force=False, compression=None):
+def pack(out, *, images, masks, test=None, class_names=None, classes=2, mask_threshold=None, channels=None,
+         pair_by="stem", mask_suffix="", force=False, compression=None):
     check_new_output(out, force)
+    rule = MaskRule(classes, mask_threshold)
+    class_names = class_names or default_class_names(classes)
+    if len(class_names) != classes:
+        raise UserError(f"{classes} class names are needed, not {len(class_names)} ({','.join(class_names)})")
     pairs = pair(list_files(images), list_files(masks), pair_by, mask_suffix, images, masks)
     image_files, mask_files = [i for i, _ in pairs], [m for _, m in pairs]
     test_files = list_files(test) if test else []
-    if len(class_names) != 2:
-        raise UserError(f"two class names are needed, not {len(class_names)}")
-    first = read_image(image_files[0])
+    layout = PixelLayout(image_files + test_files, channels)
+    first = layout.read(image_files[0])
     sources = [packing.files_source(str(images), image_files, "images"),
                packing.files_source(str(masks), mask_files, "masks")]
     if test_files:
@@ -44,17 +49,19 @@ def pack(out, *, images, masks, test=None, class_names=DEFAULT_CLASS_NAMES, pair
                         force=force, compression=compression) as writer:
         writer.create("images", len(image_files), first.shape, first.dtype)
         writer.create("masks", len(mask_files), first.shape[:2], np.uint8)
-        values = set()
-        for image_file, mask_file in zip(image_files, mask_files):
-            writer.append("images", _like(read_image(image_file), first, image_file, image_files[0]))
-            mask = read_mask(mask_file, first.shape[:2])
-            values |= packing.present_values(mask)
-            writer.append("masks", (mask != 0).astype(np.uint8))
-        writer.meta["label_values"] = packing.binary_values(values, mask.dtype, masks)
+        for i, (image_file, mask_file) in enumerate(pairs):
+            image = first if i == 0 else _like(layout.read(image_file), first, image_file, image_files[0])
+            writer.append("images", image)
+            writer.append("masks", rule.read(mask_file, image.shape[:2]))
         if test_files:
             writer.create("test_images", len(test_files), first.shape, first.dtype)
             for test_file in test_files:
-                writer.append("test_images", _like(read_image(test_file), first, test_file, image_files[0]))
+                writer.append("test_images", _like(layout.read(test_file, "test_images"), first, test_file,
+                                                   image_files[0]))
+        writer.meta["label_values"] = rule.label_values(masks)
+        writer.meta["conversions"] = {**layout.converted, "masks": rule.converted}
+        if rule.record():
+            writer.meta["mask_threshold"] = rule.record()
     return out
 
 
@@ -117,46 +124,6 @@ def list_files(spec):
 
 def natural_key(path):
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", Path(path).name)]
-
-
-def read_image(path):
-    """One slice as (H, W) or (H, W, 3), uint8 or uint16."""
-    path = Path(path)
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            with tifffile.TiffFile(path) as tif:
-                if len(tif.pages) != 1:
-                    raise UserError(f"{path}: {len(tif.pages)} pages, expected one slice per file")
-                array = tif.pages[0].asarray()
-        else:
-            with Image.open(path) as img:
-                array = np.asarray(img.convert("RGBA") if img.mode in ("P", "PA") else img)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, tifffile.TiffFileError) as e:
-        raise UserError(f"{path}: not a readable image ({schema.first_line(e)})") from None
-    if array.ndim == 3 and array.shape[2] in (1, 2):  # grayscale [+ alpha]
-        array = array[..., 0]
-    elif array.ndim == 3 and array.shape[2] == 4:  # RGBA
-        array = array[..., :3]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
-        raise UserError(f"{path}: {array.shape} pixels, expected a grayscale or RGB image")
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    if array.dtype.kind in "iu" and array.dtype.itemsize > 1 and array.min() >= 0 and array.max() <= 65535:
-        array = array.astype(np.uint16)  # PIL reads 16-bit PNG as int32
-    if array.dtype not in (np.uint8, np.uint16):
-        raise UserError(f"{path}: {array.dtype} pixels, expected 8- or 16-bit integers")
-    return np.ascontiguousarray(array)
-
-
-def read_mask(path, shape):
-    mask = read_image(path)
-    if mask.ndim == 3:
-        if np.any(mask != mask[..., :1]):
-            raise UserError(f"{path}: a mask must be grayscale, this one has colours")
-        mask = mask[..., 0]
-    if mask.shape != shape:
-        raise UserError(f"{path}: mask is {schema.shape_text(mask.shape)}, its image {schema.shape_text(shape)}")
-    return mask
 
 
 def _like(array, first, path, first_path):

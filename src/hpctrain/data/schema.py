@@ -15,10 +15,15 @@ Attributes of the root
     kind                "segmentation" | "classification"
     class_names         JSON list; class id i is class_names[i]
     label_values        JSON list; label_values[i] is the raw value in the source that became class id i
+                        (for thresholded masks the range as text, "< T" and ">= T")
     sources             JSON list of {"name", "sha256", "role"}: the input files (a folder of files is one
                         entry whose sha256 is taken over the sorted "<file sha256>  <file name>" lines)
     class_counts        JSON list; pixels (segmentation) or samples (classification) of each class
     content_sha256      see below
+    conversions         optional JSON {role: {"<original mode> -> <stored layout> (what was done)": files}}
+                        (packers of image files)
+    mask_threshold      optional JSON {"threshold", "pixels", "pixels_between"}: masks thresholded at T,
+                        with the count of mask pixels that were neither 0 nor the maximum
     created             ISO 8601 UTC time of packing
 
 Every array above also carries the attribute `sha256`: the hex SHA-256 of its bytes in C order,
