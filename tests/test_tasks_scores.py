@@ -403,3 +403,14 @@ def test_format_table():
     cls = format_table(classification_metrics(np.eye(2)[[0, 1, 1]], [0, 1, 0], ["a", "b"]))
     assert cls.splitlines()[-3:] == ["     a  b", "a    1  1", "b    0  1"]
     assert "n/a" in format_table(classification_metrics(np.eye(2)[[0, 0]], [0, 0]))
+
+
+def test_boundary_scores_only_for_a_membrane_task_or_when_asked():
+    rng = np.random.default_rng(0)
+    truth = (rng.random((2, 32, 32)) < 0.8).astype(np.uint8)
+    prob = rng.random((2, 32, 32))
+    boundary = {"rand_error", "v_rand", "v_info", "v_rand_threshold", "v_info_threshold"}
+    mito = segmentation_metrics(prob, truth, ("background", "mitochondrion"))
+    assert not boundary & set(mito) and set(mito["dice"]) == {"background", "mitochondrion"}
+    assert boundary <= set(segmentation_metrics(prob, truth, ("background", "mitochondrion"), boundaries=True))
+    assert boundary <= set(segmentation_metrics(prob, truth))  # membrane, cell

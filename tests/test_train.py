@@ -224,3 +224,45 @@ def test_stop_at_target_ends_training_at_the_first_epoch_that_reaches_it(tmp_pat
 
 def test_several_workers_need_a_distributed_backend(tmp_path, mnist_h5):
     assert_user_error(run_hpctrain("launch", "-n", 2, cnn_job(tmp_path, mnist_h5)), "backend 'none' trains on one")
+
+
+@pytest.fixture(scope="module")
+def mito_h5(tmp_path_factory):
+    """A rare-foreground task packed from an image folder: bright blobs (~9 % of the pixels) on noise."""
+    from PIL import Image
+
+    from hpctrain.data import images
+
+    folder = tmp_path_factory.mktemp("mito")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    for i in range(12):
+        blobs = np.zeros((64, 64), bool)
+        for _ in range(3):
+            cy, cx = rng.integers(8, 56, 2)
+            blobs |= (yy - cy) ** 2 + (xx - cx) ** 2 < 20
+        pixels = np.clip(rng.normal(90, 25, (64, 64)) + 90 * blobs, 0, 255).astype(np.uint8)
+        (folder / "img").mkdir(exist_ok=True)
+        (folder / "mask").mkdir(exist_ok=True)
+        Image.fromarray(pixels).save(folder / "img" / f"s{i}.png")
+        Image.fromarray(blobs.astype(np.uint8) * 255).save(folder / "mask" / f"s{i}.png")
+    return images.pack(folder / "mito.h5", images=folder / "img", masks=folder / "mask",
+                       class_names=["background", "mitochondrion"])
+
+
+@pytest.mark.slow
+def test_a_new_task_reads_as_itself(tmp_path, mito_h5):
+    """Its rare class said in the run's first lines, its class names in evaluate, no membrane scores unasked."""
+    job = write_job(tmp_path / "job.toml", name="mito", data={"path": str(mito_h5), "split": "holdout"},
+                    model={"name": "unet", "unet": {"depth": 3, "filters": 8, "dropout": 0.0}},
+                    train={"batch_size": 4, "epochs": 2, "loss": "crossentropy+dice"},
+                    output={"dir": str(tmp_path / "mito")})
+    proc = run_hpctrain("train", job, check=True)
+    assert "rare class mitochondrion (" in proc.stdout.splitlines()[0]
+    assert "train.loss is crossentropy+dice (also: crossentropy, weighted_crossentropy)" in proc.stdout
+    result = run_hpctrain("evaluate", tmp_path / "mito", check=True).stdout
+    assert "mitochondrion" in result and "background" in result
+    assert "membrane" not in result and "rand_error" not in result and "v_rand" not in result
+    assert "v_rand" in run_hpctrain("evaluate", tmp_path / "mito", "--isbi", check=True).stdout
+    inspect = run_hpctrain("inspect", mito_h5, check=True).stdout
+    assert "rare: mitochondrion is" in inspect and "see train.loss" in inspect

@@ -92,7 +92,7 @@ def cmd_launch(args):
 def cmd_evaluate(args):
     from hpctrain.evaluate import run, table
 
-    result = run.evaluate(args.model, args.data, args.split, args.subset, args.json)
+    result = run.evaluate(args.model, args.data, args.split, args.subset, args.json, args.isbi or None)
     print(table.format_table(result))
 
 
@@ -236,6 +236,9 @@ def build_parser():
     p.add_argument("--split", help="split name (default: the training split)")
     p.add_argument("--subset", default="val", choices=("train", "val"))
     p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
+    p.add_argument("--isbi", action="store_true",
+                   help="segmentation: also the ISBI 2012 boundary scores (Rand error, V_Rand, V_Info), which are "
+                        "computed by default only when class 0 is named membrane")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="U-Net: TIFF stack -> float32 TIFF of P(non-membrane); CNN: -> CSV")
@@ -333,6 +336,10 @@ def build_parser():
                    help="masks hold class ids 0..N-1 (grey levels or palette indices); default 2: two-valued masks")
     f.add_argument("--mask-threshold", type=int, metavar="T",
                    help="anti-aliased masks: a pixel >= T is class 1, below it class 0")
+    f.add_argument("--channels", type=int, choices=(1, 3),
+                   help="store grey (1; colour by luminance) or RGB (3); default: the first image's")
+    f = formats.add_parser("classes", parents=[out], help="a folder of class sub-folders of PNG/TIFF images")
+    f.add_argument("--root", required=True, help="folder with one sub-folder of images per class, named by class")
     f.add_argument("--channels", type=int, choices=(1, 3),
                    help="store grey (1; colour by luminance) or RGB (3); default: the first image's")
     f = formats.add_parser("synthetic-em", parents=[out], help="EM-like images with membrane masks")

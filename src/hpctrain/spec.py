@@ -80,6 +80,7 @@ class TrainSpec(_Section):
     steps_per_epoch: int | None = Field(None, ge=1)  # None: one pass over this worker's shard
     validation: bool = True
     precision: Literal["auto", "fp32", "mixed"] = "auto"  # hpctrain.train.precision
+    loss: str = "crossentropy"                   # one of the model's task's losses (hpctrain.tasks)
     xla: bool = False
     seed: int = 42
     deterministic: bool = False
@@ -149,6 +150,10 @@ class JobSpec(_Section):
             raise ValueError("train.target_metric and train.target_value go together")
         if self.train.stop_at_target and self.train.target_metric is None:
             raise ValueError("train.stop_at_target needs train.target_metric and train.target_value")
+        task = models.get(self.model.name).task
+        if self.train.loss not in task.losses:
+            raise ValueError(f"train.loss {self.train.loss!r} is not a loss of {task.name} "
+                             f"(known: {', '.join(task.losses)})")
         multiple = models.get(self.model.name).size_multiple(self.model.settings)
         if self.data.tile is not None and self.data.tile % multiple:
             raise ValueError(f"data.tile must be a multiple of {multiple} for model {self.model.name}")

@@ -4,6 +4,15 @@ import numpy as np
 from hpctrain.data.dataset import open_dataset
 from hpctrain.data.schema import DATA_ARRAYS, array_text, shape_text
 
+RARE = 0.2  # a class under this fraction of an even share (1 / classes) is rare: cross-entropy may ignore it
+
+
+def rare_classes(class_names, class_counts):
+    """[(name, share)] of the classes under RARE / classes of the pixels (or samples): 10 % of two classes."""
+    counts = np.asarray(class_counts, np.float64)
+    shares = counts / max(counts.sum(), 1)
+    return [(name, float(share)) for name, share in zip(class_names, shares) if share < RARE / len(counts)]
+
 
 def summary(ds):
     """One line about an open Dataset: kind, samples, splits, content hash."""
@@ -27,7 +36,11 @@ def describe(path):
         unit = "pixels" if ds.kind == "segmentation" else "samples"
         lines.append(f"classes ({unit}):")
         for i, (name, raw, count) in enumerate(zip(ds.class_names, ds.label_values, counts)):
-            lines.append(f"  {i} {name} (raw value {raw}): {100 * count / max(counts.sum(), 1):.1f} %")
+            raw = "" if str(raw) == name else f" (raw value {raw})"
+            lines.append(f"  {i} {name}{raw}: {100 * count / max(counts.sum(), 1):.1f} %")
+        for name, share in rare_classes(ds.class_names, counts):
+            lines.append(f"  rare: {name} is {100 * share:.1f} % of the {unit} (under "
+                         f"{100 * RARE / len(counts):.0f} %); see train.loss")
         for role, counts_of in ds.attr_json("conversions").items() if "conversions" in attrs else ():
             lines.append(f"{role}, by original mode:")
             lines += [f"  {files} {'file' if files == 1 else 'files'}: {what}" for what, files in counts_of.items()]

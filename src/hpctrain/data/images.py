@@ -82,8 +82,8 @@ def pair(image_files, mask_files, by="stem", mask_suffix="", images="images", ma
         else:
             stray.append(f.name)
     lonely = [f.name for stem, f in image_of.items() if stem not in mask_of]
-    problems = ([f"images without a mask: {_few(lonely)}"] if lonely else []) + (
-        [f"masks without an image: {_few(stray)}"] if stray else [])
+    problems = ([f"images without a mask: {few(lonely)}"] if lonely else []) + (
+        [f"masks without an image: {few(stray)}"] if stray else [])
     if problems:
         rule = f"its image's stem + {mask_suffix!r}" if mask_suffix else "its image's"
         raise UserError(f"images and masks pair by file stem (a mask's stem is {rule}): {'; '.join(problems)} "
@@ -99,11 +99,11 @@ def _by_stem(files, what):
             twice.append(f"{found[f.stem].name} and {f.name}")
         found.setdefault(f.stem, f)
     if twice:
-        raise UserError(f"{what} of the same stem, which pairing by stem cannot tell apart: {_few(twice)}")
+        raise UserError(f"{what} of the same stem, which pairing by stem cannot tell apart: {few(twice)}")
     return found
 
 
-def _few(names, shown=3):
+def few(names, shown=3):
     names = list(names)
     return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
 

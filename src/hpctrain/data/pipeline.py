@@ -180,6 +180,7 @@ def _info(ds):
         "dtype": images.dtype.name,
         "num_classes": len(ds.class_names),
         "class_names": list(ds.class_names),
+        "class_counts": ds.attr_json("class_counts"),
         "count": len(images),
         "test_count": len(ds.test_images) if ds.test_images is not None else 0,
         "splits": {name: {subset: len(ds.file["splits"][name][subset]) for subset in ("train", "val")}

@@ -47,18 +47,26 @@ def _arrays(dataset, limit=None):
     return (np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]) if xs else (None, None)
 
 
-def evaluate(run_or_checkpoint, data=None, split=None, subset="val", out=None):
-    """Metrics dict of a trained model on a split of an HDF5 dataset; JSON written to `out` if given."""
+def evaluate(run_or_checkpoint, data=None, split=None, subset="val", out=None, isbi=None):
+    """Metrics dict of a trained model on a split of an HDF5 dataset, under the dataset's class names;
+    `isbi` True asks for the ISBI boundary scores (default: where class 0 is a membrane). JSON written to
+    `out` if given."""
+    from hpctrain.data.dataset import open_dataset
     from hpctrain.data.pipeline import eval_dataset
 
-    spec, model, _, class_names = load_model(run_or_checkpoint)
+    spec, model, _, trained_on = load_model(run_or_checkpoint)
     data = data or spec.data.path
     split = split or spec.data.split
+    with open_dataset(data) as ds:
+        class_names = list(ds.class_names)
+    if trained_on and len(trained_on) != len(class_names):
+        raise UserError(f"{data} has {len(class_names)} classes ({', '.join(class_names)}); the model was trained "
+                        f"on {len(trained_on)} ({', '.join(trained_on)})")
     x, y = _arrays(eval_dataset(data, split, batch_size=8, subset=subset))
     if x is None:
         raise UserError(f"{data}: split {split}/{subset} is empty")
     task = models.get(spec.model.name).task
-    result = task.score(outputs(spec, model, x), y, class_names)
+    result = task.score(outputs(spec, model, x), y, class_names, isbi)
     result = {"model": spec.model.name, "data": str(data), "split": f"{split}/{subset}", **result}
     if out:
         write_text(out, json.dumps(result, indent=2))

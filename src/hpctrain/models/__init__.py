@@ -43,9 +43,13 @@ MODELS = Registry("model")
 register, get = MODELS.add, MODELS.named
 
 
-def build(model_spec, input_shape, num_classes, input_dtype="uint8"):
-    """The tf_keras model of a job spec's model section, for the dataset's input shape, pixel type and class count."""
-    return get(model_spec.name).build(model_spec.settings, input_shape, num_classes, input_dtype)
+def build(model_spec, input_shape, num_classes=None, input_dtype="uint8"):
+    """The tf_keras model of a job spec's model section, for the dataset's input shape, pixel type and class count
+    (None: the model's own default, e.g. to size it without data)."""
+    entry = get(model_spec.name)
+    if num_classes is None:
+        return entry.build(model_spec.settings, input_shape, input_dtype=input_dtype)
+    return entry.build(model_spec.settings, input_shape, num_classes, input_dtype)
 
 
 from hpctrain.models import cnn, unet  # noqa: E402, F401  (they register themselves)

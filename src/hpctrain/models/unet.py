@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from hpctrain import compat, models, tasks
+from hpctrain.errors import UserError
 from hpctrain.models.pixels import pixel_input
 
 
@@ -40,6 +41,9 @@ def upsample2x_layer():
 
 def build_unet(settings, input_shape=(256, 256, 1), num_classes=2, input_dtype="uint8"):
     """The U-Net for 2 classes: `settings.output` decides one sigmoid channel or a 2-class softmax."""
+    if num_classes != 2:
+        raise UserError(f"the U-Net segments 2 classes; this dataset has {num_classes} (masks of more classes "
+                        "pack, but their scoring and tiled prediction are not built yet)")
     keras = compat.keras()
     layers = keras.layers
     depth, filters, dropout = settings.depth, settings.filters, settings.dropout

@@ -7,13 +7,13 @@ class Classification(tasks.Task):
     name = "classification"
     has_features = True
 
-    def compile_args(self, model):
+    def compile_args(self, model, loss="crossentropy", class_counts=None):
         return compat.keras().losses.SparseCategoricalCrossentropy(), ["accuracy"]
 
     def outputs(self, model, images, tile=None):
         return model.predict(images, batch_size=256, verbose=0)
 
-    def score(self, outputs, targets, class_names=None):
+    def score(self, outputs, targets, class_names=None, boundaries=None):
         from hpctrain.tasks.scores import classification_metrics
 
         return classification_metrics(outputs, targets, class_names)

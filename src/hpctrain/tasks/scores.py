@@ -15,6 +15,7 @@ from hpctrain.errors import UserError
 from hpctrain.tasks.segmentation import NVIDIA_EPS
 
 SEGMENTATION_CLASSES = ("membrane", "cell")
+BOUNDARY_CLASS = "membrane"  # class 0 of this name: cells separated by membranes, scored by Rand and V_Info
 
 
 def _java_threshold_sweep(low, high, step):
@@ -34,7 +35,7 @@ ISBI_THRESHOLDS = _java_threshold_sweep(0.0, 1.0, 0.1)
 
 
 def segmentation_metrics(prob, truth, class_names=SEGMENTATION_CLASSES, threshold=0.5,
-                         isbi_thresholds=ISBI_THRESHOLDS):
+                         isbi_thresholds=ISBI_THRESHOLDS, boundaries=None):
     """Scores a stack of probability maps against its class-id masks.
 
     - dice, iou: per class over all pixels of the stack, from the thresholded prediction; a class absent
@@ -44,12 +45,13 @@ def segmentation_metrics(prob, truth, class_names=SEGMENTATION_CLASSES, threshol
     - rand_error: a foreground-restricted adapted Rand error at `threshold`, mean over slices (see `rand_error`).
     - v_rand, v_info: the final ISBI 2012 scores (higher is better, 1 = perfect), after Fiji's border thinning and
       maximised over `isbi_thresholds`; v_rand_threshold, v_info_threshold: where (see `isbi_scores`).
+    The last three judge cells separated by membranes: they are scored where `boundaries` is true, by default
+    when class 0 is named "membrane" (the ISBI packers' names; `hpctrain evaluate --isbi` asks for them).
     """
     prob, truth = _check_segmentation(prob, truth)
     if len(class_names) != 2:
         raise UserError(f"segmentation has 2 classes, got class names {list(class_names)}")
     pred = (prob > threshold).astype(np.uint8)
-    isbi = isbi_scores(prob, truth, isbi_thresholds)
     cm = confusion_matrix(truth.ravel(), pred.ravel(), labels=[0, 1])
     dice, iou = {}, {}
     for c, name in enumerate(class_names):
@@ -57,7 +59,7 @@ def segmentation_metrics(prob, truth, class_names=SEGMENTATION_CLASSES, threshol
         wrong = cm[c, :].sum() + cm[:, c].sum() - 2 * tp  # false negatives + false positives
         dice[name] = float(2 * tp / (2 * tp + wrong)) if tp + wrong else 1.0
         iou[name] = float(tp / (tp + wrong)) if tp + wrong else 1.0
-    return {
+    scores = {
         "n_images": len(prob),
         "threshold": float(threshold),
         "dice": dice,
@@ -66,12 +68,12 @@ def segmentation_metrics(prob, truth, class_names=SEGMENTATION_CLASSES, threshol
         "iou_mean": float(np.mean(list(iou.values()))),
         "soft_dice": soft_dice(prob, truth),
         "pixel_error": float(1 - np.trace(cm) / cm.sum()),
-        "rand_error": float(np.mean([rand_error(p, t) for p, t in zip(pred, truth)])),
-        "v_rand": isbi["v_rand"],
-        "v_rand_threshold": isbi["v_rand_threshold"],
-        "v_info": isbi["v_info"],
-        "v_info_threshold": isbi["v_info_threshold"],
     }
+    if boundaries if boundaries is not None else class_names[0] == BOUNDARY_CLASS:
+        scores["rand_error"] = float(np.mean([rand_error(p, t) for p, t in zip(pred, truth)]))
+        isbi = isbi_scores(prob, truth, isbi_thresholds)
+        scores.update({k: isbi[k] for k in ("v_rand", "v_rand_threshold", "v_info", "v_info_threshold")})
+    return scores
 
 
 def soft_dice(prob, truth, eps=NVIDIA_EPS):

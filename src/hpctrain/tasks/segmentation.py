@@ -9,12 +9,24 @@ NVIDIA_EPS = 1e-6  # the epsilon of NVIDIA UNet_Medical's dice_coef
 
 class Segmentation(tasks.Task):
     name = "segmentation"
+    # crossentropy+dice: NVIDIA UNet_Medical's loss, cross-entropy + (1 - soft Dice); weighted_crossentropy:
+    # each pixel's cross-entropy weighted by total / (classes x pixels of its class), from the packed balance.
+    # Both keep a rare foreground (a few % of the pixels) from being learnt as "all background".
+    losses = ("crossentropy", "crossentropy+dice", "weighted_crossentropy")
 
-    def compile_args(self, model):
+    def compile_args(self, model, loss="crossentropy", class_counts=None):
         keras = compat.keras()
-        if model.output_shape[-1] == 1:  # one sigmoid channel: P(class 1)
-            return keras.losses.BinaryCrossentropy(), [dice_metric(), "binary_accuracy"]
-        return keras.losses.SparseCategoricalCrossentropy(), ["accuracy"]
+        sigmoid = model.output_shape[-1] == 1  # one sigmoid channel: P(class 1)
+        crossentropy = keras.losses.binary_crossentropy if sigmoid else keras.losses.sparse_categorical_crossentropy
+        metrics = [dice_metric(), "binary_accuracy"] if sigmoid else ["accuracy"]
+        if loss == "crossentropy":
+            return (keras.losses.BinaryCrossentropy() if sigmoid else keras.losses.SparseCategoricalCrossentropy()), \
+                metrics
+        if loss == "crossentropy+dice":
+            return _crossentropy_plus_dice(crossentropy), metrics
+        if loss == "weighted_crossentropy":
+            return _weighted_crossentropy(crossentropy, class_counts), metrics
+        raise ValueError(loss)
 
     def validation_batch(self, batch_size):
         return 1  # whole slices, one per replica
@@ -31,11 +43,12 @@ class Segmentation(tasks.Task):
 
         return predict_volume(probabilities, images, tile)
 
-    def score(self, outputs, targets, class_names=None):
-        from hpctrain.tasks.scores import segmentation_metrics
+    def score(self, outputs, targets, class_names=None, boundaries=None):
+        from hpctrain.tasks.scores import SEGMENTATION_CLASSES, segmentation_metrics
 
         truth = targets[..., 0] if targets.ndim == 4 else targets
-        return segmentation_metrics(outputs, truth.astype(np.uint8), *([class_names] if class_names else []))
+        return segmentation_metrics(outputs, truth.astype(np.uint8), class_names or SEGMENTATION_CLASSES,
+                                    boundaries=boundaries)
 
     def write_prediction(self, path, outputs, class_names=None):
         from hpctrain.tasks.files import write_isbi_tiff
@@ -43,21 +56,50 @@ class Segmentation(tasks.Task):
         write_isbi_tiff(path, outputs)
 
 
-def dice_metric(eps=NVIDIA_EPS):
-    """A tf_keras metric logged as `dice`: NVIDIA's 2-class soft Dice (see `scores.soft_dice`) of sigmoid
-    outputs, one value per sample that Keras averages over the batches."""
+def soft_dice(y_true, y_pred, eps=NVIDIA_EPS):
+    """NVIDIA's soft Dice (see `scores.soft_dice`) per sample, over all classes: y_true [B,H,W,1] class ids,
+    y_pred [B,H,W,1] sigmoid P(class 1) or [B,H,W,C] softmax."""
     tf = compat.tf()
+    n = tf.shape(y_pred)[0]
+    p = tf.cast(y_pred, tf.float32)
+    if p.shape[-1] == 1:
+        p = tf.concat([1 - p, p], -1)
+    classes = p.shape[-1]
+    pred = tf.reshape(p, [n, -1, classes])
+    target = tf.reshape(tf.one_hot(tf.cast(y_true[..., 0], tf.int32), classes), [n, -1, classes])
+    inter = tf.reduce_sum(pred * target, axis=1)
+    union = tf.reduce_sum(pred * pred + target * target, axis=1)
+    return tf.reduce_mean((2 * inter + eps) / (union + eps), axis=-1)
 
+
+def dice_metric():
+    """A tf_keras metric logged as `dice`: `soft_dice` of each sample, averaged by Keras over the batches."""
     def dice(y_true, y_pred):
-        n = tf.shape(y_pred)[0]
-        p = tf.reshape(tf.cast(y_pred, tf.float32), [n, -1])
-        t = tf.reshape(tf.cast(y_true, tf.float32), [n, -1])
-        pred, target = tf.stack([1 - p, p], -1), tf.stack([1 - t, t], -1)
-        inter = tf.reduce_sum(pred * target, axis=1)
-        union = tf.reduce_sum(pred * pred + target * target, axis=1)
-        return tf.reduce_mean((2 * inter + eps) / (union + eps), axis=-1)
+        return soft_dice(y_true, y_pred)
 
     return dice
+
+
+def _crossentropy_plus_dice(crossentropy):
+    tf = compat.tf()
+
+    def crossentropy_dice(y_true, y_pred):
+        pixels = crossentropy(y_true, tf.cast(y_pred, tf.float32))
+        return tf.reduce_mean(pixels, axis=[1, 2]) + 1 - soft_dice(y_true, y_pred)
+
+    return crossentropy_dice
+
+
+def _weighted_crossentropy(crossentropy, class_counts):
+    tf = compat.tf()
+    counts = np.asarray(class_counts, np.float64)
+    weights = tf.constant(counts.sum() / (len(counts) * np.maximum(counts, 1)), tf.float32)
+
+    def weighted_crossentropy(y_true, y_pred):
+        pixels = crossentropy(y_true, tf.cast(y_pred, tf.float32))
+        return tf.reduce_mean(tf.gather(weights, tf.cast(y_true[..., 0], tf.int32)) * pixels, axis=[1, 2])
+
+    return weighted_crossentropy
 
 
 TASK = tasks.register(Segmentation())

@@ -4,7 +4,7 @@ from hpctrain import spec as spec_mod
 
 
 def describe(job):
-    channels, classes, dtype = 1, 10, "uint8"
+    channels, classes, dtype = 1, None, "uint8"
     if job.data.path.is_file():
         from hpctrain.data.pipeline import dataset_info
 

@@ -66,6 +66,8 @@ def _train(spec, backend, resume, force, watchdog):
     started = time.time()
     entry = models.get(spec.model.name)
     data = _Data.check(spec, backend, entry)  # before anything is written
+    if backend.is_chief:
+        _say_rare_classes(spec, entry.task, data.info)
     _set_numerics(spec.train)
     lr = optimizers.scaled_learning_rate(spec.train.learning_rate, backend.replicas * spec.train.accumulate_steps,
                                          spec.distribute.lr_scaling, spec.train.optimizer)
@@ -199,12 +201,23 @@ def _build(spec, backend, entry, data, shape, lr):
 
             model = accumulating(model, spec.train.accumulate_steps, backend.reduce_gradients)
         optimizer = backend.wrap_optimizer(optimizers.make(spec.train.optimizer, lr))
-        loss, metrics = entry.task.compile_args(model)
+        loss, metrics = entry.task.compile_args(model, spec.train.loss, data.info["class_counts"])
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=spec.train.xla)
         optimizer.build(model.trainable_variables)
         state = checkpoint.TrainState(model, optimizer)
     names = ["loss", *(m if isinstance(m, str) else getattr(m, "name", None) or m.__name__ for m in metrics)]
     return model, optimizer, state, names + [f"val_{n}" for n in names] * (data.validation_steps is not None)
+
+
+def _say_rare_classes(spec, task, info):
+    from hpctrain.data.describe import rare_classes
+
+    rare = rare_classes(info["class_names"], info["class_counts"])
+    if rare:
+        others = [name for name in task.losses if name != spec.train.loss]
+        print(f"hpctrain train: rare class{'es' * (len(rare) > 1)} "
+              + ", ".join(f"{name} ({100 * share:.1f} %)" for name, share in rare)
+              + f"; train.loss is {spec.train.loss}" + (f" (also: {', '.join(others)})" if others else ""), flush=True)
 
 
 def _check_target(train_spec, logged):
