@@ -5,16 +5,22 @@
   (3) the classic U-Net lecture recipe: PNG folders through tf_keras ImageDataGenerator.flow_from_directory,
       one generator for images and one for masks with the same seed and the same augmentation
 
-and the ratios against the goals (2, no augmentation) >= 0.8 x (1) and (2, augmentation) >= 10 x (3).
+  (4) `pack images` of a folder of --pack-files PNG slices of 512 x 512 and their masks (the ISBI slices
+      cycled, Pillow's default compression), on one core (packing is single-threaded): files (slices and
+      masks) per second, beside Pillow's decoding of the same files alone, and the peak of memory allocated
+
+and the ratios against the goals (2, no augmentation) >= 0.8 x (1), (2, augmentation) >= 10 x (3) and
+(4) >= 500 files/s.
 Also shown: (1) plus stacking into the [B, H, W, 1] uint8 batches the pipeline delivers (the models
 scale pixels themselves), and the CPU time per sample of each case (the pipeline uses every core, the
 other cases one).
 
-    .venv/bin/python benchmarks/pipeline.py [--seconds 6] [--batch 8]
+    .venv/bin/python benchmarks/pipeline.py [--seconds 6] [--batch 8] [--pack-files 1000]
 """
 import argparse
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import h5py
@@ -22,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from hpctrain import compat
-from hpctrain.data import isbi, pipeline
+from hpctrain.data import images, isbi, pipeline
 from hpctrain.data.augment import AugmentSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,14 +76,38 @@ def keras_batches(path, folder, batch_size):
     flows = [keras.preprocessing.image.ImageDataGenerator(**recipe).flow_from_directory(
         folder / name, class_mode=None, color_mode="grayscale", target_size=(512, 512), batch_size=batch_size,
         seed=1) for name in ("images", "masks")]
-    for images, masks in zip(*flows):  # the lecture's adjustData: scale, threshold the mask
-        yield images / 255, (masks / 255 > 0.5).astype(np.float32)
+    for pixels, masks in zip(*flows):  # the lecture's adjustData: scale, threshold the mask
+        yield pixels / 255, (masks / 255 > 0.5).astype(np.float32)
+
+
+def pack_speed(path, folder, files):
+    """(files per second of packing `files` PNG slices + masks, of decoding them alone, peak MB allocated)."""
+    with h5py.File(path, "r") as f:
+        volume, masks = f["images"][()], f["masks"][()] * 255
+    for role, stack in (("img", volume), ("mask", masks)):
+        (folder / role).mkdir(parents=True)
+        for i in range(files):
+            Image.fromarray(stack[i % len(stack)]).save(folder / role / f"slice{i}.png")
+    started = time.perf_counter()
+    for png in sorted((folder / "img").iterdir()) + sorted((folder / "mask").iterdir()):
+        with Image.open(png) as image:
+            np.asarray(image)
+    decode = 2 * files / (time.perf_counter() - started)
+    started = time.perf_counter()
+    images.pack(folder / "packed.h5", images=folder / "img", masks=folder / "mask")
+    packing = 2 * files / (time.perf_counter() - started)
+    tracemalloc.start()  # a second run, for memory: tracing slows the first
+    images.pack(folder / "packed.h5", images=folder / "img", masks=folder / "mask", force=True)
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return packing, decode, peak
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6, help="measuring time per case")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--pack-files", type=int, default=1000, help="PNG slices for (4)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "isbi.h5"
@@ -98,12 +128,20 @@ def main():
         case("(2) hpctrain, in memory, augmentation", hpctrain_batches(path, args.batch, RECIPE, True))
         case("(2) hpctrain, streamed, augmentation", hpctrain_batches(path, args.batch, RECIPE, False))
         case("(3) Keras ImageDataGenerator, augmentation", keras_batches(path, Path(tmp) / "png", args.batch))
+        files_per_s, decode, peak = pack_speed(path, Path(tmp) / "pack", args.pack_files)
+        print(f"(4) pack images, {args.pack_files} PNG slices + {args.pack_files} masks (one core): "
+              f"{files_per_s / 2:.1f} slices/s, {files_per_s:.1f} files/s; Pillow's decoding alone {decode:.1f} "
+              f"files/s; peak {peak:.1f} MB allocated for {args.pack_files * 2 * 512 * 512 / 2**20:.0f} MB of "
+              "pixels", flush=True)
 
     plain = results["(2) hpctrain, in memory, no augmentation"] / results["(1) raw h5py reads (shuffled)"]
     augmented = (results["(2) hpctrain, in memory, augmentation"]
                  / results["(3) Keras ImageDataGenerator, augmentation"])
     print(f"\n(2, no augmentation) / (1) = {plain:5.2f}   goal >= 0.8   {'met' if plain >= 0.8 else 'NOT met'}")
     print(f"(2, augmentation) / (3)    = {augmented:5.1f}   goal >= 10    {'met' if augmented >= 10 else 'NOT met'}")
+    slices = files_per_s / 2
+    print(f"(4) pack images, slices/s  = {slices:5.0f}   goal >= 500   {'met' if slices >= 500 else 'NOT met'}"
+          f"   (Pillow decoding alone: {decode / 2:.0f} slices + masks/s)")
     cpu = cpu_ms["(3) Keras ImageDataGenerator, augmentation"][1] / cpu_ms["(2) hpctrain, in memory, augmentation"][1]
     print(f"CPU time per augmented sample, (3) / (2) = {cpu:.1f} (independent of how many cores are free)")
 

@@ -25,8 +25,10 @@ def rows(text, first):
 
 
 def test_pipeline():
-    out = run("pipeline.py", "--seconds", 0.3)
+    out = run("pipeline.py", "--seconds", 0.3, "--pack-files", 40)
     assert re.search(rf"raw h5py reads .* {NUMBER} samples/s", out)
+    assert re.search(rf"\(4\) pack images, 40 PNG slices .* {NUMBER} files/s; Pillow's decoding alone "
+                     rf"{NUMBER} files/s", out)
     assert re.search(rf"hpctrain, in memory, augmentation .* {NUMBER} samples/s", out)
 
 
