@@ -11,6 +11,7 @@ from hpctrain.tasks.scores import (
     classification_metrics,
     foreground_restricted_scores,
     isbi_scores,
+    multiclass_metrics,
     rand_error,
     segmentation_metrics,
     soft_dice,
@@ -414,3 +415,15 @@ def test_boundary_scores_only_for_a_membrane_task_or_when_asked():
     assert not boundary & set(mito) and set(mito["dice"]) == {"background", "mitochondrion"}
     assert boundary <= set(segmentation_metrics(prob, truth, ("background", "mitochondrion"), boundaries=True))
     assert boundary <= set(segmentation_metrics(prob, truth))  # membrane, cell
+
+
+def test_multiclass_scores_by_hand():
+    truth = np.array([[[0, 1, 2, 2]]])
+    probs = np.eye(3)[[[[0, 1, 1, 2]]]] * 0.8 + 0.2 / 3  # predicts 0, 1, 1, 2
+    m = multiclass_metrics(probs, truth, ["bg", "a", "b"])
+    assert m["dice"] == {"bg": 1.0, "a": pytest.approx(2 / 3), "b": pytest.approx(2 / 3)}
+    assert m["iou"]["a"] == pytest.approx(0.5) and m["pixel_error"] == pytest.approx(0.25)
+    # soft Dice of the 2-class form equals the general one on [1-p, p]
+    p = np.random.default_rng(1).random((2, 5, 5))
+    t = (p > 0.4).astype(np.uint8)
+    assert multiclass_metrics(np.stack([1 - p, p], -1), t, ["x", "y"])["soft_dice"] == pytest.approx(soft_dice(p, t))

@@ -8,7 +8,13 @@ from scipy import ndimage
 
 from hpctrain.errors import UserError
 from hpctrain.evaluate.tsne import plot_tsne
-from hpctrain.tasks.files import as_pixel_type, read_input_volume, write_class_csv, write_isbi_tiff
+from hpctrain.tasks.files import (
+    as_pixel_type,
+    read_input_volume,
+    write_class_csv,
+    write_class_probabilities,
+    write_isbi_tiff,
+)
 from hpctrain.tasks.tiling import predict_tiled, predict_volume
 
 pytestmark = pytest.mark.fast
@@ -42,6 +48,22 @@ def test_pointwise_model_tiles_to_the_whole_image(shape):
     whole = pointwise(image if image.ndim == 3 else image[..., None])
     np.testing.assert_allclose(out, whole, rtol=1e-6, atol=1e-7)
     assert max(calls) <= 3 and (sum(calls) > 1) == (max(shape[:2]) > 32)
+
+
+def test_class_probabilities_tile_channel_by_channel(tmp_path):
+    image = RNG.normal(size=(70, 45)).astype(np.float32)
+
+    def softmax3(batch):  # pointwise, 3 classes
+        logits = np.stack([batch[..., 0], -batch[..., 0], 0 * batch[..., 0]], -1)
+        e = np.exp(logits)
+        return e / e.sum(-1, keepdims=True)
+
+    out = predict_tiled(softmax3, image, 32, overlap=8)
+    assert out.shape == (70, 45, 3)
+    np.testing.assert_allclose(out, softmax3(image[None, ..., None])[0], rtol=1e-6, atol=1e-7)
+    write_class_probabilities(tmp_path / "p.tif", np.stack([out, out]))
+    pages = tifffile.imread(tmp_path / "p.tif")
+    assert pages.shape == (2, 3, 70, 45) and np.allclose(pages[1, 2], out[..., 2])
 
 
 def test_blending_hides_seams_of_a_local_filter():

@@ -266,3 +266,36 @@ def test_a_new_task_reads_as_itself(tmp_path, mito_h5):
     assert "v_rand" in run_hpctrain("evaluate", tmp_path / "mito", "--isbi", check=True).stdout
     inspect = run_hpctrain("inspect", mito_h5, check=True).stdout
     assert "rare: mitochondrion is" in inspect and "see train.loss" in inspect
+
+
+@pytest.mark.slow
+def test_a_unet_on_three_classes(tmp_path):
+    """Class-id masks packed with --classes 3, a softmax U-Net, scored per class and predicted per class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        ids = np.zeros((64, 64), np.uint8)
+        ids[:, 20:40], ids[rng.integers(0, 40):, 44:] = 1, 2
+        pixels = np.clip(rng.normal(60 + 70 * ids, 15), 0, 255).astype(np.uint8)
+        for folder, array in (("img", pixels), ("mask", ids)):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            Image.fromarray(array).save(tmp_path / folder / f"s{i}.png")
+    run_hpctrain("pack", "images", "--images", tmp_path / "img", "--masks", tmp_path / "mask", "--classes", 3,
+                 "--class-names", "bg,road,river", "-o", tmp_path / "three.h5", check=True)
+    unet = {"depth": 3, "filters": 8, "dropout": 0.0}
+    job = write_job(tmp_path / "job.toml", name="three", data={"path": str(tmp_path / "three.h5"), "split": "holdout"},
+                    model={"name": "unet", "unet": unet}, output={"dir": str(tmp_path / "three")},
+                    train={"learning_rate": 1e-3, "batch_size": 2, "epochs": 2, "loss": "weighted_crossentropy"})
+    assert_user_error(run_hpctrain("train", job), "'sigmoid' is for 2 classes", "softmax")
+    assert not (tmp_path / "three").exists()
+    run_hpctrain("train", job, "--set", "model.unet.output='softmax'", check=True)
+    result = run_hpctrain("evaluate", tmp_path / "three", "--json", tmp_path / "m.json", check=True)
+    scores = json.loads((tmp_path / "m.json").read_text())
+    assert set(scores["dice"]) == {"bg", "road", "river"} and "river" in result.stdout
+    assert 0 <= scores["pixel_error"] <= 1 and "rand_error" not in scores
+    stack = tmp_path / "two.tif"
+    tifffile.imwrite(stack, np.stack([np.asarray(Image.open(tmp_path / "img" / f"s{i}.png")) for i in (0, 1)]))
+    run_hpctrain("predict", tmp_path / "three", "--input", stack, "-o", tmp_path / "p.tif", check=True)
+    probs = tifffile.imread(tmp_path / "p.tif")
+    assert probs.shape == (2, 3, 64, 64) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)

@@ -241,7 +241,7 @@ def build_parser():
                         "computed by default only when class 0 is named membrane")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="U-Net: TIFF stack -> float32 TIFF of P(non-membrane); CNN: -> CSV")
+    p = sub.add_parser("predict", help="U-Net: TIFF stack -> float32 TIFF of class probabilities; CNN: -> CSV")
     p.add_argument("model", help="run folder or checkpoint prefix")
     p.add_argument("--input", required=True, help="a TIFF image or stack of grey levels")
     p.add_argument("-o", "--output", required=True)

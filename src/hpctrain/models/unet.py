@@ -40,10 +40,11 @@ def upsample2x_layer():
 
 
 def build_unet(settings, input_shape=(256, 256, 1), num_classes=2, input_dtype="uint8"):
-    """The U-Net for 2 classes: `settings.output` decides one sigmoid channel or a 2-class softmax."""
-    if num_classes != 2:
-        raise UserError(f"the U-Net segments 2 classes; this dataset has {num_classes} (masks of more classes "
-                        "pack, but their scoring and tiled prediction are not built yet)")
+    """The U-Net: for 2 classes `settings.output` decides one sigmoid channel or a 2-class softmax; more
+    classes take the softmax."""
+    if num_classes != 2 and settings.output == "sigmoid":
+        raise UserError(f"model.unet.output 'sigmoid' is for 2 classes; this dataset has {num_classes}: "
+                        "set model.unet.output = 'softmax'")
     keras = compat.keras()
     layers = keras.layers
     depth, filters, dropout = settings.depth, settings.filters, settings.dropout
@@ -67,7 +68,7 @@ def build_unet(settings, input_shape=(256, 256, 1), num_classes=2, input_dtype="
         x = upsample2x_layer()()(x)
         x = layers.Conv2D(n, 2, activation="relu", padding="same", kernel_initializer="he_normal")(x)
         x = conv_block(layers.Concatenate()([skips[level], x]), n)
-    classes, activation = (1, "sigmoid") if settings.output == "sigmoid" else (2, "softmax")
+    classes, activation = (1, "sigmoid") if settings.output == "sigmoid" else (num_classes, "softmax")
     # float32 output keeps the loss numerically safe under mixed precision.
     outputs = layers.Conv2D(classes, 1, activation=activation, dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"unet_d{depth}_f{filters}")

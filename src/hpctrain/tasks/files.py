@@ -57,6 +57,15 @@ def write_isbi_tiff(path, probs):
         tifffile.imwrite(tmp, probs.astype(np.float32), photometric="minisblack")
 
 
+def write_class_probabilities(path, probs):
+    """Writes class probabilities (N,H,W,K) as a float32 TIFF stack of N x K pages (ImageJ axes ZCYX)."""
+    probs = np.asarray(probs, np.float32)
+    if probs.ndim != 4 or not probs.size:
+        raise UserError(f"expected class probabilities (N,H,W,K), got shape {probs.shape}")
+    with atomic_output(path) as tmp:
+        tifffile.imwrite(tmp, np.moveaxis(probs, -1, 1), imagej=True, metadata={"axes": "ZCYX"})
+
+
 def write_class_csv(path, probs, class_names):
     """One row per image: index, predicted class name, then the probability of each class."""
     probs = np.asarray(probs, dtype=np.float64)

@@ -53,12 +53,7 @@ def segmentation_metrics(prob, truth, class_names=SEGMENTATION_CLASSES, threshol
         raise UserError(f"segmentation has 2 classes, got class names {list(class_names)}")
     pred = (prob > threshold).astype(np.uint8)
     cm = confusion_matrix(truth.ravel(), pred.ravel(), labels=[0, 1])
-    dice, iou = {}, {}
-    for c, name in enumerate(class_names):
-        tp = cm[c, c]
-        wrong = cm[c, :].sum() + cm[:, c].sum() - 2 * tp  # false negatives + false positives
-        dice[name] = float(2 * tp / (2 * tp + wrong)) if tp + wrong else 1.0
-        iou[name] = float(tp / (tp + wrong)) if tp + wrong else 1.0
+    dice, iou = _overlaps(cm, class_names)
     scores = {
         "n_images": len(prob),
         "threshold": float(threshold),
@@ -76,19 +71,47 @@ def segmentation_metrics(prob, truth, class_names=SEGMENTATION_CLASSES, threshol
     return scores
 
 
+def multiclass_metrics(probs, truth, class_names):
+    """Scores (N,H,W,K) class probabilities against (N,H,W) class ids, predicting the most probable class:
+    dice, iou per class (as in `segmentation_metrics`) and their means, soft_dice over the K classes, and
+    pixel_error."""
+    probs, truth = np.asarray(probs), np.asarray(truth)
+    if probs.ndim != 4 or probs.shape[:3] != truth.shape or probs.shape[3] != len(class_names):
+        raise UserError(f"probabilities {probs.shape} and truth {truth.shape} do not fit {len(class_names)} classes")
+    cm = confusion_matrix(truth.ravel(), probs.argmax(-1).ravel(), labels=range(len(class_names)))
+    dice, iou = _overlaps(cm, class_names)
+    return {"n_images": len(probs), "dice": dice, "dice_mean": float(np.mean(list(dice.values()))),
+            "iou": iou, "iou_mean": float(np.mean(list(iou.values()))),
+            "soft_dice": _soft_dice_onehot(probs, np.eye(len(class_names))[truth]),
+            "pixel_error": float(1 - np.trace(cm) / cm.sum())}
+
+
+def _overlaps(cm, class_names):
+    """Dice and IoU of each class from a confusion matrix; a class absent from truth and prediction scores 1."""
+    dice, iou = {}, {}
+    for c, name in enumerate(class_names):
+        tp = cm[c, c]
+        wrong = cm[c, :].sum() + cm[:, c].sum() - 2 * tp  # false negatives + false positives
+        dice[name] = float(2 * tp / (2 * tp + wrong)) if tp + wrong else 1.0
+        iou[name] = float(tp / (tp + wrong)) if tp + wrong else 1.0
+    return dice, iou
+
+
+def _soft_dice_onehot(pred, target, eps=NVIDIA_EPS):
+    """NVIDIA's soft Dice of (N,H,W,K) probabilities and one-hot truth: per image and class, then the mean."""
+    pred, target = pred.reshape(len(pred), -1, pred.shape[-1]), target.reshape(len(target), -1, target.shape[-1])
+    inter = np.sum(pred * target, axis=1)
+    union = np.sum(pred * pred + target * target, axis=1)
+    return float(np.mean((2 * inter + eps) / (union + eps)))
+
+
 def soft_dice(prob, truth, eps=NVIDIA_EPS):
     """Mean 2-class soft Dice as NVIDIA DeepLearningExamples reports it for UNet_Medical (0.89 on ISBI 2012):
     TensorFlow2/Segmentation/UNet_Medical/runtime/losses.py `dice_coef` on the one-hot [1-p, p] and [1-t, t]:
     per image and class (2*sum(p*t) + 1e-6) / (sum(p*p + t*t) + 1e-6) over the pixels, averaged over the
     images ("over batch"), then over the classes (its eval_dice_score = 1 - mean dice loss)."""
-    scores = []
-    for p, t in zip(prob, truth):
-        p, t = p.ravel().astype(np.float64), t.ravel().astype(np.float64)
-        pred, target = np.stack([1 - p, p], -1), np.stack([1 - t, t], -1)
-        inter = np.sum(pred * target, axis=0)
-        union = np.sum(pred * pred + target * target, axis=0)
-        scores.append((2 * inter + eps) / (union + eps))
-    return float(np.mean(scores))
+    p, t = np.asarray(prob, np.float64), np.asarray(truth, np.float64)
+    return _soft_dice_onehot(np.stack([1 - p, p], -1), np.stack([1 - t, t], -1), eps)
 
 
 def rand_error(pred, truth):

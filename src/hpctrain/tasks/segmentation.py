@@ -1,5 +1,6 @@
 """Segmentation (the U-Net on ISBI 2012): per-pixel classes, whole slices validated one at a time,
-scored by Dice, IoU, Rand and pixel error, predicted as ISBI-format TIFF of P(class 1)."""
+scored by Dice, IoU, Rand and pixel error, predicted as ISBI-format TIFF of P(class 1) (more than two
+classes: a TIFF of each class's probability)."""
 import numpy as np
 
 from hpctrain import compat, tasks
@@ -32,10 +33,11 @@ class Segmentation(tasks.Task):
         return 1  # whole slices, one per replica
 
     def outputs(self, model, images, tile=None):
-        """(N,H,W[,C]) pixels -> (N,H,W) float32 P(class 1); overlapping tiles when `tile` is set."""
+        """(N,H,W[,C]) pixels -> (N,H,W) float32 P(class 1) of 2 classes, (N,H,W,K) probabilities of K > 2;
+        overlapping tiles when `tile` is set."""
         def probabilities(batch):
             out = model.predict_on_batch(np.asarray(batch))
-            return out[..., 0] if out.shape[-1] == 1 else out[..., 1]
+            return {1: out[..., 0], 2: out[..., 1]}.get(out.shape[-1], out)
 
         if tile is None:
             return np.concatenate([probabilities(images[i:i + 1]) for i in range(len(images))]).astype(np.float32)
@@ -44,16 +46,18 @@ class Segmentation(tasks.Task):
         return predict_volume(probabilities, images, tile)
 
     def score(self, outputs, targets, class_names=None, boundaries=None):
-        from hpctrain.tasks.scores import SEGMENTATION_CLASSES, segmentation_metrics
+        from hpctrain.tasks.scores import SEGMENTATION_CLASSES, multiclass_metrics, segmentation_metrics
 
         truth = targets[..., 0] if targets.ndim == 4 else targets
+        if outputs.ndim == 4:
+            return multiclass_metrics(outputs, truth, class_names)
         return segmentation_metrics(outputs, truth.astype(np.uint8), class_names or SEGMENTATION_CLASSES,
                                     boundaries=boundaries)
 
     def write_prediction(self, path, outputs, class_names=None):
-        from hpctrain.tasks.files import write_isbi_tiff
+        from hpctrain.tasks.files import write_class_probabilities, write_isbi_tiff
 
-        write_isbi_tiff(path, outputs)
+        (write_class_probabilities if outputs.ndim == 4 else write_isbi_tiff)(path, outputs)
 
 
 def soft_dice(y_true, y_pred, eps=NVIDIA_EPS):

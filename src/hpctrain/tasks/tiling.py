@@ -1,7 +1,7 @@
 """Prediction on images of any size by overlapping tiles.
 
-`predict_fn(batch (B,tile,tile,C) of pixels) -> (B,tile,tile)` probabilities is any callable, e.g. a Keras
-model's `predict_on_batch` followed by taking the class-1 channel.
+`predict_fn(batch (B,tile,tile,C) of pixels) -> (B,tile,tile)` probabilities (or (B,tile,tile,K), one per
+class) is any callable, e.g. a Keras model's `predict_on_batch` followed by taking the class-1 channel.
 """
 import numpy as np
 
@@ -9,7 +9,7 @@ from hpctrain.errors import UserError
 
 
 def predict_tiled(predict_fn, image, tile, overlap=None, batch_size=8):
-    """Probability map (H,W) float32 of an image (H,W) or (H,W,C).
+    """Probability map (H,W) (or (H,W,K)) float32 of an image (H,W) or (H,W,C).
 
     Images smaller than the tile are reflect-padded. Tiles overlap by at least `overlap` pixels (default
     tile // 4) and cover the image. Their outputs are blended with a separable Tukey window: 1 in the tile's
@@ -37,19 +37,21 @@ def predict_tiled(predict_fn, image, tile, overlap=None, batch_size=8):
     for y, x in corners:
         weight_sum[y:y + tile, x:x + tile] += window
 
-    out = np.zeros(padded.shape[:2])
+    out = None
     for i in range(0, len(corners), batch_size):
         chunk = corners[i:i + batch_size]
         batch = np.stack([padded[y:y + tile, x:x + tile] for y, x in chunk])
         probs = _checked(predict_fn(batch), len(chunk), tile)
+        out = np.zeros(padded.shape[:2] + probs.shape[3:]) if out is None else out
         for (y, x), p in zip(chunk, probs):
             # Normalised weights are exactly 1 where one tile alone covers a pixel.
-            out[y:y + tile, x:x + tile] += p * (window / weight_sum[y:y + tile, x:x + tile])
+            weight = window / weight_sum[y:y + tile, x:x + tile]
+            out[y:y + tile, x:x + tile] += p * (weight[..., None] if p.ndim == 3 else weight)
     return out[:h, :w].astype(np.float32)
 
 
 def predict_volume(predict_fn, volume, tile, overlap=None, batch_size=8):
-    """`predict_tiled` on every slice of a stack (N,H,W) or (N,H,W,C); returns (N,H,W) float32."""
+    """`predict_tiled` on every slice of a stack (N,H,W) or (N,H,W,C); returns (N,H,W) (or (N,H,W,K)) float32."""
     volume = np.asarray(volume)
     if volume.ndim not in (3, 4) or not len(volume):
         raise UserError(f"expected a stack (N,H,W) or (N,H,W,C), got shape {volume.shape}")
@@ -67,7 +69,7 @@ def _checked(probs, n, tile):
     probs = np.asarray(probs)
     if probs.shape == (n, tile, tile, 1):
         probs = probs[..., 0]
-    if probs.shape != (n, tile, tile):
+    if probs.shape[:3] != (n, tile, tile) or probs.ndim > 4:
         raise UserError(f"model output has shape {probs.shape}; expected {(n, tile, tile)} probabilities")
     if not (np.all(np.isfinite(probs)) and probs.min() >= 0 and probs.max() <= 1):
         raise UserError("model output lies outside [0, 1]: expected probabilities (sigmoid/softmax), not logits")
