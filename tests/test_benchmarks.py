@@ -78,3 +78,10 @@ def test_time_to_accuracy():
               "--set", "train.steps_per_epoch=4", "1", "2:distribute.lr_scaling=sqrt")
     assert [row.split("|")[1].strip() for row in rows(out, "")[1:]] == ["1", "2:distribute.lr_scaling=sqrt"]
     assert re.search(r"\| 2:distribute.lr_scaling=sqrt \| [0-9.]+ \([0-9.]+-[0-9.]+\) \| not reached \|", out)
+
+
+def test_rare_foreground():
+    out = run("rare_foreground.py", "--steps", 1, "--seeds", 1, "--slices", 10, "--size", 32)
+    assert [row.split("|")[1].strip() for row in rows(out, "")][1:] == [
+        "crossentropy", "crossentropy+dice", "weighted_crossentropy"]
+    assert re.search(rf"\| weighted_crossentropy \| {NUMBER} \({NUMBER}-{NUMBER}\) \|", out)

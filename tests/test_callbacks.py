@@ -3,7 +3,8 @@ import pytest
 
 from hpctrain import optimizers
 from hpctrain.errors import UserError
-from hpctrain.spec import AUTO_WARMUP_EPOCHS, DistributeSpec, validate
+from hpctrain.optimizers import AUTO_WARMUP_EPOCHS
+from hpctrain.spec import DistributeSpec, validate
 from hpctrain.train import callbacks
 
 pytestmark = pytest.mark.fast

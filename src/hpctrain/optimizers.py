@@ -9,6 +9,7 @@ from typing import NamedTuple
 from hpctrain import compat
 
 SCALING = {"linear": lambda n: n, "sqrt": lambda n: n ** 0.5, "none": lambda n: 1}
+AUTO_WARMUP_EPOCHS = 2.0  # the ramp when neither distribute.warmup_epochs nor warmup_steps is set
 
 
 class Optimizer(NamedTuple):

@@ -25,8 +25,6 @@ from hpctrain.data.augment import AugmentSpec
 from hpctrain.distribute import backends
 from hpctrain.errors import UserError, one_of
 
-AUTO_WARMUP_EPOCHS = 2.0  # the learning-rate ramp when neither distribute.warmup_epochs nor warmup_steps is set
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -100,7 +98,7 @@ class DistributeSpec(_Section):
     # The 1-worker rate x replicas, x sqrt(replicas), or as is; auto: the optimizer's rule (hpctrain.optimizers).
     lr_scaling: Literal[("auto", *optimizers.SCALING)] = "auto"
     warmup_epochs: float | None = Field(None, ge=0)  # ramp from the 1-worker rate to the scaled one (Goyal et al. 2017)
-    warmup_steps: int | None = Field(None, ge=0)    # the same ramp in steps (not both); neither: AUTO_WARMUP_EPOCHS
+    warmup_steps: int | None = Field(None, ge=0)    # the same in steps (not both); neither: AUTO_WARMUP_EPOCHS
     devices: int = Field(1, ge=1)                # mirrored: replicas in the one process (logical CPUs here)
     sync_every: int = Field(10, ge=1)            # steps between the ranks' agreement on a stop signal
     # The network interface of every transport (hpctrain.distribute.network); None: $HPCTRAIN_INTERFACE, else
@@ -112,7 +110,7 @@ class DistributeSpec(_Section):
         """Steps of the learning-rate ramp."""
         if self.warmup_steps is not None:
             return self.warmup_steps
-        epochs = AUTO_WARMUP_EPOCHS if self.warmup_epochs is None else self.warmup_epochs
+        epochs = optimizers.AUTO_WARMUP_EPOCHS if self.warmup_epochs is None else self.warmup_epochs
         return int(round(epochs * steps_per_epoch))
 
     @model_validator(mode="after")

@@ -37,7 +37,8 @@ class Segmentation(tasks.Task):
         overlapping tiles when `tile` is set."""
         def probabilities(batch):
             out = model.predict_on_batch(np.asarray(batch))
-            return {1: out[..., 0], 2: out[..., 1]}.get(out.shape[-1], out)
+            channels = out.shape[-1]
+            return out[..., channels - 1] if channels <= 2 else out  # sigmoid P(class 1), or softmax's
 
         if tile is None:
             return np.concatenate([probabilities(images[i:i + 1]) for i in range(len(images))]).astype(np.float32)
