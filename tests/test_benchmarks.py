@@ -81,7 +81,7 @@ def test_time_to_accuracy():
 
 
 def test_rare_foreground():
-    out = run("rare_foreground.py", "--steps", 1, "--seeds", 1, "--slices", 10, "--size", 32)
+    out = run("rare_foreground.py", "--epochs", 1, "--seeds", 1, "--slices", 10, "--size", 32)
     assert [row.split("|")[1].strip() for row in rows(out, "")][1:] == [
         "crossentropy", "crossentropy+dice", "weighted_crossentropy"]
     assert re.search(rf"\| weighted_crossentropy \| {NUMBER} \({NUMBER}-{NUMBER}\) \|", out)
