@@ -11,8 +11,8 @@ NVIDIA_EPS = 1e-6  # the epsilon of NVIDIA UNet_Medical's dice_coef
 class Segmentation(tasks.Task):
     name = "segmentation"
     # crossentropy+dice: cross-entropy + 1 - the soft Dice of the classes other than 0 (background), which
-    # a rare class moves as much as a common one (NVIDIA UNet_Medical's loss averages both classes' Dice,
-    # which at a few % of foreground is nearly all background's: measured, README); weighted_crossentropy:
+    # a rare class moves as much as a common one (NVIDIA UNet_Medical's loss averages the Dice of both
+    # classes, which a large background keeps high); weighted_crossentropy:
     # each pixel's cross-entropy weighted by total / (classes x pixels of its class), from the packed balance.
     # Both keep a rare foreground (a few % of the pixels) from being learnt as "all background".
     losses = ("crossentropy", "crossentropy+dice", "weighted_crossentropy")
