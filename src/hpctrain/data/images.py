@@ -60,8 +60,8 @@ def pack(out, *, images, masks, test=None, class_names=None, classes=2, mask_thr
                                                    image_files[0]))
         writer.meta["label_values"] = rule.label_values(masks)
         writer.meta["conversions"] = {**layout.converted, "masks": rule.converted}
-        if rule.record():
-            writer.meta["mask_threshold"] = rule.record()
+        if (threshold := rule.record()) is not None:
+            writer.meta["mask_threshold"] = threshold
     return out
 
 
