@@ -9,7 +9,7 @@ import collections
 
 import numpy as np
 
-from hpctrain.data import image_files, schema
+from hpctrain.data import image_files, packing, schema
 from hpctrain.errors import UserError
 
 
@@ -43,19 +43,19 @@ class MaskRule:
             self.pixels += mask.size
             self.between += int(np.count_nonzero((mask != 0) & (mask != top)))
             return (mask >= self.threshold).astype(np.uint8)
-        values = np.flatnonzero(np.bincount(mask.ravel()))
+        values = sorted(packing.present_values(mask))
         if self.classes > 2:
             if values[-1] >= self.classes:
                 raise UserError(f"{path}: mask values up to {values[-1]}, more than --classes {self.classes} "
                                 f"allows (class ids 0..{self.classes - 1})")
             return mask.astype(np.uint8)
         high = int(np.iinfo(mask.dtype).max)
-        if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, high}):
+        if not (set(values) <= {0, 1} or set(values) <= {0, high}):
             shown = ", ".join(map(str, values[:6])) + (", ..." if len(values) > 6 else "")
             raise UserError(f"{path}: mask values {shown}; two-valued masks are 0/1 or 0/{high} "
                             "(--mask-threshold T for anti-aliased masks, --classes N for masks of class ids)")
         if values[-1]:
-            self.pairs.add(int(values[-1]))
+            self.pairs.add(values[-1])
         return (mask != 0).astype(np.uint8)
 
     def label_values(self, where):
