@@ -62,31 +62,27 @@ def cmd_train(args):
 
 def cmd_launch(args):
     from hpctrain.distribute import backends, network
-    from hpctrain.launch import hosts, local, sweep
+    from hpctrain.launch import local, sweep
 
     job = _load_spec(args)
     backend = backends.BACKENDS[job.distribute.backend]
-    where = None
-    if args.hosts or args.hostfile:
-        named = hosts.parse_hosts(args.hosts) if args.hosts else hosts.read_hostfile(args.hostfile)
-        n = len(hosts.placement(named, args.n))
-        launcher, processes, overrides = backend.hosts_plan(n, args.launcher)
-        interface = network.chosen(job.distribute.interface)
-        where = hosts.place(named, n, interface, ports=launcher == "local")
-        if where.interface and not interface:
-            print(f"hpctrain launch: network interface {where.interface}, the one the host names resolve to "
-                  "(distribute.interface chooses another)", flush=True)
-    elif args.n is None:
-        raise UserError("-n N (workers on this node), or --hosts/--hostfile")
-    else:
-        launcher, processes, overrides = backend.local_plan(args.n, args.launcher)
+    interface = network.chosen(job.distribute.interface)
+    how = local.plan(backend, args.n, args.launcher, args.hosts, args.hostfile, interface)
     flags = [flag for flag, on in (("--resume", args.resume), ("--force", args.force)) if on]
-    argv = sweep.hpctrain_command(sweep.train_args(args.job, [*args.set, *overrides], backend.name, flags))
+    argv = sweep.hpctrain_command(sweep.train_args(args.job, [*args.set, *how.overrides], backend.name, flags))
     if args.print:
-        for cmd in local.command(processes, argv, launcher, where):
+        for cmd in local.command(how.processes, argv, how.launcher, how.where):
             print(local.format_command(cmd))
         return 0
-    return local.run(processes, argv, launcher, where=where, run_dir=job.output.dir)
+    return local.run(how.processes, argv, how.launcher, where=how.where, run_dir=job.output.dir)
+
+
+def cmd_bench_allreduce(args):
+    from hpctrain.launch import bench
+
+    return bench.allreduce(args.job, args.set, args.backend, bench.Workers(args.n, args.launcher, args.hosts,
+                                                                           args.hostfile),
+                           (args.min_bytes, args.max_bytes, args.factor), args.repeats, args.output)
 
 
 def cmd_evaluate(args):
@@ -111,7 +107,7 @@ def cmd_plot_tsne(args):
 def cmd_report(args):
     from hpctrain.report import scaling
 
-    path = scaling.write(args.runs, args.output, allow_missing=args.allow_missing)
+    path = scaling.write(args.runs, args.output, allow_missing=args.allow_missing, predict=_prediction(args))
     print(path.read_text())
     print(f"written: {path.parent}/")
     missing = scaling.missing_runs(args.runs) if args.allow_missing else []
@@ -119,6 +115,38 @@ def cmd_report(args):
         print(f"hpctrain report: note: {len(missing)} of {len(args.runs)} runs have no timing.json (named in "
               f"the report): {', '.join(map(str, missing))}", file=sys.stderr)
     return 1 if missing and len(missing) == len(args.runs) else 0
+
+
+def _prediction(args):
+    """The report.predict.Request of --predict and its network options, or None."""
+    if getattr(args, "predict", None) is None:
+        if getattr(args, "network", None) or getattr(args, "allreduce", None):
+            raise UserError("--network and --allreduce go with --predict N,N,...")
+        return None
+    from hpctrain.report import predict
+
+    counts = predict.parse_counts(args.predict)
+    if not (args.network or args.allreduce):
+        raise UserError("--predict needs the network: --network BANDWIDTH,LATENCY, --allreduce FILE, or both")
+    network, overhead = predict.measured(args.allreduce) if args.allreduce else (None, 0.0)
+    network = predict.parse_network(args.network) if args.network else network
+    if args.workers_per_node < 1:
+        raise UserError(f"--workers-per-node must be at least 1, not {args.workers_per_node}")
+    node = predict.parse_network(args.node_network) if args.node_network else None
+    return predict.Request(tuple(counts), network, overhead, args.workers_per_node, node)
+
+
+def _add_predict_arguments(p):
+    p.add_argument("--predict", metavar="N,N,...", help="also predict step time, throughput and efficiency at these "
+                                                         "worker counts (hpctrain.report.predict)")
+    p.add_argument("--network", metavar="BANDWIDTH,LATENCY", help="predict on this network, e.g. 100Gbit/s,2us")
+    p.add_argument("--allreduce", metavar="FILE",
+                   help="the network (unless --network) and the backend's overhead per message measured by "
+                        "hpctrain bench allreduce -o FILE")
+    p.add_argument("--workers-per-node", type=int, default=1, metavar="W",
+                   help="workers per node: a ring inside each node, then across nodes (default 1)")
+    p.add_argument("--node-network", metavar="BANDWIDTH,LATENCY",
+                   help="the network inside a node (with --workers-per-node above 1)")
 
 
 def cmd_submit(args):
@@ -146,7 +174,7 @@ def cmd_scaling(args):
 
     counts = sweep.parse_counts(args.workers) if hasattr(args, "workers") else [args.n]
     plan = sweep.plan(args.job, counts, args.output, args.backend, args.set, **_repeats(args))
-    path = sweep.run(plan, args.launcher, args.force, args.cores_per_worker)
+    path = sweep.run(plan, args.launcher, args.force, args.cores_per_worker, _prediction(args))
     print(path.read_text())
     print(f"written: {path.parent}/")
 
@@ -230,6 +258,24 @@ def build_parser():
     p.add_argument("--print", action="store_true", help="print the command(s) instead of running them")
     p.set_defaults(func=cmd_launch)
 
+    p = sub.add_parser("bench", help="micro-benchmarks on the workers of a job")
+    benches = p.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    p = benches.add_parser("allreduce", help="latency and bus bandwidth of the backend's allreduce over the job's "
+                                             "workers, 4 B to 256 MB and the job's gradient set (as nccl-tests)")
+    _add_spec_arguments(p)
+    p.add_argument("-n", type=int, help="start N workers on this node (as launch); without -n/--hosts/--hostfile "
+                                        "this process is one of the job's workers (under mpirun, srun, ...)")
+    on = p.add_mutually_exclusive_group()
+    on.add_argument("--hosts", metavar="HOST:SLOTS,...", help="start workers on these hosts (as launch)")
+    on.add_argument("--hostfile", metavar="FILE", help="start workers on the hosts of FILE (as launch)")
+    p.add_argument("--launcher", choices=LAUNCHERS, help="as launch")
+    p.add_argument("-b", "--min-bytes", default="4", metavar="SIZE", help="smallest message (default 4)")
+    p.add_argument("-e", "--max-bytes", default="256M", metavar="SIZE", help="largest message (default 256M)")
+    p.add_argument("-f", "--factor", type=int, default=2, help="size factor between messages (default 2)")
+    p.add_argument("--repeats", type=int, default=3, help="timed blocks per size; the median is reported (default 3)")
+    p.add_argument("-o", "--output", metavar="FILE", help="also write the result as JSON")
+    p.set_defaults(func=cmd_bench_allreduce)
+
     p = sub.add_parser("evaluate", help="score a trained model on a split of an HDF5 dataset")
     p.add_argument("model", help="run folder or checkpoint prefix")
     p.add_argument("--data", help="HDF5 dataset (default: the one the model was trained on)")
@@ -262,6 +308,7 @@ def build_parser():
     p.add_argument("-o", "--output", required=True, help="report folder")
     p.add_argument("--allow-missing", action="store_true",
                    help="name runs without timing.json in the report instead of failing (exit 1 if none has one)")
+    _add_predict_arguments(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("submit", help="Slurm: one training job per worker count, then a report job")
@@ -292,6 +339,7 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="replace existing run folders")
     p.add_argument("--cores-per-worker", type=int, help="CPU runs: pin each worker to its own N cores")
     _add_repeat_arguments(p)
+    _add_predict_arguments(p)
     p.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("cv", help="run a job on each fold (and seed) here, then the report of their mean and spread")

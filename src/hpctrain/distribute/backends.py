@@ -178,6 +178,18 @@ class Backend:
     def barrier(self):
         pass
 
+    mpi_job = False  # its processes are one MPI job (mpi4py's COMM_WORLD holds them all)
+
+    def exchange(self):
+        """The gradient exchange, for timing.json and the scaling model: its collective and the bytes it fuses
+        into one message (None: all gradients in one; 0: one message per gradient)."""
+        return {"collective": "none", "fusion_bytes": None}
+
+    def collective(self):
+        """total(tensors) -> their sums over all replicas (replica 0's copy), through the collective of the
+        gradient exchange (`hpctrain bench allreduce` times it)."""
+        return lambda tensors: tensors
+
     @contextlib.contextmanager
     def output_dir(self, path):
         """Where this process writes `path`'s files: the path itself on the chief; elsewhere a
@@ -263,6 +275,22 @@ class HorovodBackend(Backend):
     def barrier(self):
         self.allreduce(0.0, "sum")
 
+    mpi_job = property(lambda self: self.hvd.mpi_enabled())
+
+    FUSION_BYTES = 64 << 20  # HOROVOD_FUSION_THRESHOLD's default (Horovod's tensor-fusion docs)
+
+    def exchange(self):
+        gpu = bool(compat.tf().config.list_physical_devices("GPU"))
+        over = "NCCL" if gpu and self.hvd.nccl_built() else "MPI" if self.hvd.mpi_enabled() else "Gloo"
+        fusion = int(os.environ.get("HOROVOD_FUSION_THRESHOLD", self.FUSION_BYTES))
+        return {"collective": f"Horovod over {over}", "fusion_bytes": fusion,  # 0: none fused
+                "cycle_time_ms": float(os.environ["HOROVOD_CYCLE_TIME"])}
+
+    def collective(self):
+        import horovod.tensorflow as hvd_tf
+
+        return compat.tf().function(lambda tensors: hvd_tf.grouped_allreduce(tensors, op=hvd_tf.Sum))
+
     def abort(self, code=1):
         if self.hvd.mpi_enabled():
             sys.stderr.flush()
@@ -306,6 +334,21 @@ class _TFDistributeBackend(Backend):
     def barrier(self):
         self.allreduce(0.0, "sum")
 
+    collective_name: str  # the strategy and its all-reduce, as setup chose them
+
+    def exchange(self):  # every gradient in one pack (CommunicationOptions' bytes_per_pack 0)
+        return {"collective": self.collective_name, "fusion_bytes": None}
+
+    def collective(self):
+        tf, strategy = compat.tf(), self.strategy
+
+        @tf.function
+        def total(tensors):  # each replica sums its own copy (tf.identity), as its gradients would be
+            return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(
+                "sum", [tf.identity(t) for t in tensors]))
+
+        return lambda tensors: strategy.experimental_local_results(total(tensors))[0]
+
 
 class MirroredBackend(_TFDistributeBackend):
     """MirroredStrategy: one process drives all GPUs of its node, or N logical CPU devices without GPUs."""
@@ -329,6 +372,7 @@ class MirroredBackend(_TFDistributeBackend):
         if gpus:
             _gpu_memory_growth(gpus)
             self.strategy = tf.distribute.MirroredStrategy()
+            self.collective_name = "MirroredStrategy, TensorFlow's all-reduce choice (NCCL where it can)"
         else:
             cpu = tf.config.list_physical_devices("CPU")[0]
             tf.config.set_logical_device_configuration(
@@ -337,6 +381,7 @@ class MirroredBackend(_TFDistributeBackend):
             devices = [d.name for d in tf.config.list_logical_devices("CPU")]
             self.strategy = tf.distribute.MirroredStrategy(
                 devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+            self.collective_name = "MirroredStrategy, ReductionToOneDevice"
 
     @property
     def local_replicas(self):
@@ -370,6 +415,7 @@ class MultiWorkerBackend(_TFDistributeBackend):
         implementation = (tf.distribute.experimental.CommunicationImplementation.NCCL if gpus
                           else tf.distribute.experimental.CommunicationImplementation.RING)
         options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
+        self.collective_name = f"MultiWorkerMirroredStrategy, {implementation.name} collective"
         with compat.quiet_native_logs():  # gRPC server start-up lines
             self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 

@@ -32,6 +32,32 @@ _FORWARD_PREFIXES = ("HPCTRAIN_", "TF_", "HOROVOD_", "OMP_", "CUDA_", "NCCL_", "
 _FORWARD_NAMES = ("PATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "HOME", *network.INTERFACE_VARIABLES)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How `launch` (or `bench`) starts a job's workers."""
+    launcher: str
+    processes: int
+    overrides: tuple  # spec overrides that give the backend its workers
+    where: object     # a hosts.Placement, or None: this node
+
+
+def plan(backend, n=None, launcher=None, hosts=None, hostfile=None, interface=None):
+    """The Plan of `n` workers of a backend class: on this node, or on the hosts of --hosts/--hostfile."""
+    if hosts or hostfile:
+        named = hosts_mod.parse_hosts(hosts) if hosts else hosts_mod.read_hostfile(hostfile)
+        n = len(hosts_mod.placement(named, n))
+        launcher, processes, overrides = backend.hosts_plan(n, launcher)
+        where = hosts_mod.place(named, n, interface, ports=launcher == "local")
+        if where.interface and not interface:
+            print(f"hpctrain: network interface {where.interface}, the one the host names resolve to "
+                  "(distribute.interface chooses another)", flush=True)
+        return Plan(launcher, processes, tuple(overrides), where)
+    if n is None:
+        raise UserError("-n N (workers on this node), or --hosts/--hostfile")
+    launcher, processes, overrides = backend.local_plan(n, launcher)
+    return Plan(launcher, processes, tuple(overrides), None)
+
+
 def _forwarded(env):
     """The names of the variables a launcher passes on to workers on other hosts."""
     return [name for name in sorted(env) if name.startswith(_FORWARD_PREFIXES) or name in _FORWARD_NAMES]

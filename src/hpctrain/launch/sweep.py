@@ -136,8 +136,9 @@ def plan(job_path, counts, folder, backend=None, overrides=(), default_backend=N
     return Sweep(job_path, spec, chosen, folder, tuple(runs))
 
 
-def run(sweep, launcher=None, force=False, cores_per_worker=None):
-    """Runs a sweep on this node, one run after the other, then writes SWEEP/report; returns report.md.
+def run(sweep, launcher=None, force=False, cores_per_worker=None, predict=None):
+    """Runs a sweep on this node, one run after the other, then writes SWEEP/report (with `predict`, a
+    report.predict.Request, its predicted rows); returns report.md.
     `cores_per_worker` pins each CPU worker to its own cores, so every run gives a worker the same share."""
     from hpctrain.launch import local
     from hpctrain.report import scaling
@@ -152,4 +153,4 @@ def run(sweep, launcher=None, force=False, cores_per_worker=None):
         if code != 0:
             what = f"the {r.workers}-worker run" + (f" {r.repeat}" if r.repeat else "")
             raise UserError(f"{what} failed (exit code {code}); see its output above")
-    return scaling.write([r.run_dir for r in sweep.runs], sweep.folder / "report")
+    return scaling.write([r.run_dir for r in sweep.runs], sweep.folder / "report", predict=predict)

@@ -28,9 +28,15 @@ def plot_group(group, throughput_png, efficiency_png):
     fig, ax = plt.subplots(figsize=(5, 3.8))
     tp = [r["samples_per_s"] for r in rows]
     ax.errorbar(n, tp, yerr=[r["ci95"] or 0 for r in rows], fmt="o-", capsize=3, label="measured")
+    predicted = (group.get("prediction") or {}).get("rows", [])
+    ticks = sorted(set(n) | {r["workers"] for r in predicted})
+    if predicted:
+        ax.plot([r["workers"] for r in predicted], [r["samples_per_s"] for r in predicted], "s:", label="predicted")
+        ax.set(xscale="log", yscale="log")
     if rows:
-        ax.plot(n, [tp[0] * k / n[0] for k in n], "--", color="gray", label="ideal")
-    ax.set(xlabel="workers", ylabel="samples/s", title=title, xticks=n)
+        ax.plot(ticks, [tp[0] * k / n[0] for k in ticks], "--", color="gray", label="ideal")
+    ax.set(xlabel="workers", ylabel="samples/s", title=title)
+    ax.set_xticks(ticks, [str(k) for k in ticks])
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

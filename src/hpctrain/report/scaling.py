@@ -118,7 +118,8 @@ def table(runs):
     return mode, rows
 
 
-def build(run_dirs):
+def build(run_dirs, predict=None):
+    """The report of `run_dirs`; with `predict` (a report.predict.Request) each group's predicted rows."""
     runs = [load_run(d) for d in run_dirs]
     if not runs:
         raise UserError("no runs given")
@@ -130,6 +131,10 @@ def build(run_dirs):
                        "per_worker_batch": sorted({r["timing"].per_worker_batch for r in runs_of_group}),
                        "target": (t.target or {}).get("metric"), "target_value": (t.target or {}).get("value"),
                        "environment": t.environment or {}, "rows": rows})
+        if predict:
+            from hpctrain.report import predict as predict_mod
+
+            report[-1]["prediction"] = predict_mod.for_group([r["timing"] for r in runs_of_group], rows, predict)
     return report
 
 
@@ -177,6 +182,10 @@ def markdown(report):
             lines += [f"| {r['workers']} | {e['split']} | {_fmt(e['seed'])} | {_fmt(e['samples_per_s'], 1)} | "
                       f"{_fmt(e['time_to_target'], 1)} | {_fmt(e['final'].get(g['target']), 4)} | {e['run']} |"
                       for r in g["rows"] for e in r["repeats"]]
+        if g.get("prediction"):
+            from hpctrain.report import predict as predict_mod
+
+            lines += ["", predict_mod.markdown(g["prediction"])]
         lines += ["", f"![throughput]({_slug(g)}-throughput.png) ![efficiency]({_slug(g)}-efficiency.png)"
                   + (f" ![{g['target']} against time]({_slug(g)}-target.png)" if g["target"] else ""), ""]
     return "\n".join(lines)
@@ -210,14 +219,14 @@ def missing_runs(run_dirs):
     return [d for d in run_dirs if not finished(d)]
 
 
-def write(run_dirs, out, allow_missing=False):
+def write(run_dirs, out, allow_missing=False, predict=None):
     """Builds the report of `run_dirs` into folder `out`; returns the report.md path. With `allow_missing`
     (a report queued after a sweep) runs without timing.json are named in report.md instead of failing it."""
     from hpctrain.report.plots import plot_group, plot_target_curves
 
     missing = missing_runs(run_dirs) if allow_missing else []
     finished = [d for d in run_dirs if d not in missing]
-    report = build(finished) if finished or not missing else []
+    report = build(finished, predict) if finished or not missing else []
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for g in report:

@@ -55,6 +55,7 @@ class Timing:
     accumulate_steps: int = 1   # micro-batches of per_worker_batch per update (global_batch counts them all)
     seed: int | None = None     # train.seed
     validation_shards: int = 1  # processes that split the validation samples (1: each scored all of them)
+    gradient_tensors: int | None = None  # trainable variables: the tensors each update exchanges
 
     # Runs of one comparison differ in nothing but the worker count and what follows from it.
     SCALED: ClassVar = ("world_size", "processes", "nodes", "per_worker_batch", "global_batch", "steps_per_epoch")
@@ -113,7 +114,7 @@ def environment(backend, rank_hosts=None):
             "rank_hosts": rank_hosts or [socket.gethostname()],  # the host of each process, in rank order
             "gpus": len(tf.config.list_physical_devices("GPU")), "cpus_available": len(os.sched_getaffinity(0)),
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "launcher": backend.cluster.launcher, "job_id": backend.cluster.job_id,
+            "launcher": backend.cluster.launcher, "job_id": backend.cluster.job_id, "exchange": backend.exchange(),
             # the Keras policy train.precision chose here (hpctrain.train.precision): float32, mixed_bfloat16, ...
             "precision_policy": compat.keras().mixed_precision.global_policy().name}
 
@@ -146,6 +147,7 @@ def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, e
                 "reached": timer.target_reached},
         environment=environment(backend, rank_hosts), accumulate_steps=spec.train.accumulate_steps,
         seed=spec.train.seed, validation_shards=validation_shards,
+        gradient_tensors=len(model.trainable_variables),
     )
 
 

@@ -1,0 +1,182 @@
+"""What N workers would give: step time, throughput and efficiency for N beyond the measured runs, from the
+measured 1-worker step and the gradient exchange a ring allreduce needs (Patarasuk & Yuan 2009, as Horovod
+and NCCL run it):
+
+    step(N)     = step(1) + exchange(N)            (weak scaling: each worker keeps its batch)
+    exchange(N) = messages x (overhead + 2(N-1) x latency) + 2(N-1)/N x gradient bytes / bandwidth
+
+messages: the gradient bytes over the backend's fusion buffer (timing.json's environment.exchange), at least
+1. With W workers per node (`workers_per_node`, Horovod's hierarchical allreduce) the exchange is a ring of
+W inside each node over the node's own network plus a ring of N/W nodes over the cluster network, each node
+carrying its whole gradient set. The exchange is not overlapped with compute in this model: measured N-worker
+runs show how much of it training hid (their step against the prediction).
+
+The network (latency per ring step, bandwidth per link) is given, e.g. "100Gbit/s,2us", or measured by
+`hpctrain bench allreduce` on n workers: the bandwidth of the backend's fit, the latency of the plain MPI
+reference's fit over its 2(n-1) ring steps. The overhead is the backend's own cost per message beyond the
+network's (Horovod's cycle and negotiation): its fit's latency minus the reference's, from a benchmark file.
+Without a reference the whole measured latency is spread over the ring steps, which errs on the slow side;
+without a benchmark file the overhead is 0, which errs on the fast one.
+"""
+import json
+import math
+import re
+from dataclasses import dataclass
+
+from hpctrain.distribute.allreduce_bench import bus_factor
+from hpctrain.errors import UserError
+
+_RATE = {"gbit/s": 1e9 / 8, "mbit/s": 1e6 / 8, "gb/s": 1e9, "mb/s": 1e6}
+_TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+GRADIENT_BYTES = 4  # float32 gradients: the models keep float32 variables under every precision policy
+
+
+@dataclass(frozen=True)
+class Network:
+    latency: float    # seconds per ring step
+    bandwidth: float  # bytes/s each link carries (the ring's bus bandwidth)
+    source: str
+
+    def ring(self, nbytes, n):
+        """(latency seconds per message, bandwidth seconds) of a ring allreduce of nbytes over n."""
+        if n <= 1:
+            return 0.0, 0.0
+        return 2 * (n - 1) * self.latency, bus_factor(n) * nbytes / self.bandwidth
+
+
+def parse_network(text):
+    """'100Gbit/s,2us' (rates in Gbit/s, Mbit/s, GB/s, MB/s; latency in s, ms, us, ns) -> Network."""
+    match = re.fullmatch(r"\s*([\d.]+)\s*([GM](?:bit|B)/s)\s*,\s*([\d.]+)\s*(s|ms|us|ns)\s*", text or "", re.I)
+    try:
+        rate, latency = float(match[1]) * _RATE[match[2].lower()], float(match[3]) * _TIME[match[4].lower()]
+    except (TypeError, ValueError, KeyError):
+        raise UserError(f"network {text!r}: expected BANDWIDTH,LATENCY such as 100Gbit/s,2us or 12GB/s,1.5us") from None
+    if rate <= 0 or latency < 0:
+        raise UserError(f"network {text!r}: the bandwidth must be positive")
+    return Network(latency, rate, text.strip())
+
+
+def measured(path):
+    """(Network, overhead seconds per message) of a `hpctrain bench allreduce -o FILE` result."""
+    try:
+        result = json.loads(open(path).read())
+        fit, reference, n = result["fit"], result.get("reference_fit"), result["workers"]
+    except FileNotFoundError:
+        raise UserError(f"allreduce result {path} does not exist") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a result of hpctrain bench allreduce -o: {e}") from None
+    if not fit or n < 2:
+        raise UserError(f"{path}: the benchmark ran on {n} worker(s) and {len(result.get('rows', []))} sizes; the "
+                        "network needs 2 workers and 2 sizes at least")
+    base = reference or fit
+    source = f"measured: {path} ({result['collective']}, {n} workers)"
+    return (Network(base["latency_s"] / (2 * (n - 1)), fit["busbw_GBps"] * 1e9, source),
+            max(0.0, fit["latency_s"] - base["latency_s"]))
+
+
+def parse_counts(text):
+    """'8,64,512' -> [8, 64, 512]."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except (AttributeError, ValueError):
+        counts = []
+    if not counts or min(counts) < 1:
+        raise UserError(f"--predict {text!r}: expected positive worker counts such as 8,64,512")
+    return sorted(set(counts))
+
+
+@dataclass(frozen=True)
+class Model:
+    step: float                  # measured 1-worker step, seconds
+    batch: int                   # samples per worker per step
+    gradient_bytes: int
+    messages: int                # fused messages per exchange
+    network: Network
+    overhead: float = 0.0        # the backend's seconds per message beyond the network's latency
+    workers_per_node: int = 1
+    node_network: Network | None = None
+
+    @classmethod
+    def of_run(cls, timing, network, overhead=0.0, workers_per_node=1, node_network=None):
+        """The model of a 1-worker run's Timing."""
+        if timing.world_size != 1 or not timing.throughput:
+            raise UserError(f"{timing.job}: the 1-worker run measured no training step")
+        if workers_per_node > 1 and node_network is None:
+            raise UserError("--workers-per-node above 1 needs --node-network (the network inside a node)")
+        nbytes = GRADIENT_BYTES * timing.parameters
+        fusion = (timing.environment.get("exchange") or {}).get("fusion_bytes")
+        if fusion == 0:  # every gradient its own message
+            messages = timing.gradient_tensors or 1
+        else:
+            messages = math.ceil(nbytes / fusion) if fusion else 1
+        return cls(timing.throughput["step_time_median"], timing.global_batch, nbytes, max(1, messages), network,
+                   overhead, workers_per_node, node_network)
+
+    def predict(self, n):
+        """{workers, step_s, latency_s, bandwidth_s, samples_per_s, efficiency, limit} at n workers."""
+        w = self.workers_per_node
+        if w > 1 and n > w:
+            parts = [self.node_network.ring(self.gradient_bytes, w),
+                     self.network.ring(self.gradient_bytes, math.ceil(n / w))]
+        else:
+            parts = [(self.node_network if w > 1 else self.network).ring(self.gradient_bytes, n)]
+        latency = self.messages * (self.overhead * (n > 1) + sum(p[0] for p in parts))
+        bandwidth = sum(p[1] for p in parts)
+        step = self.step + latency + bandwidth
+        limit = max((("compute", self.step), ("latency", latency), ("bandwidth", bandwidth)), key=lambda kv: kv[1])[0]
+        return {"workers": n, "step_s": step, "latency_s": latency, "bandwidth_s": bandwidth,
+                "samples_per_s": n * self.batch / step, "efficiency": self.step / step, "limit": limit}
+
+    def describe(self):
+        nodes = (f", {self.workers_per_node} workers per node over {self.node_network.source}"
+                 if self.workers_per_node > 1 else "")
+        return (f"1-worker step {1e3 * self.step:.1f} ms, {self.gradient_bytes / 1e6:.1f} MB of gradients in "
+                f"{self.messages} message(s) per step, ring allreduce over {self.network.source} "
+                f"({self.network.bandwidth * 8 / 1e9:.2f} Gbit/s, {1e6 * self.network.latency:.1f} us per ring step), "
+                f"{1e3 * self.overhead:.2f} ms of the backend's own per message" + nodes)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What `--predict` asks for: worker counts, and the network(s) to predict them on."""
+    counts: tuple
+    network: Network
+    overhead: float = 0.0
+    workers_per_node: int = 1
+    node_network: Network | None = None
+
+
+def for_group(timings, rows, request):
+    """The prediction of a report group (its runs' Timings, its table rows): {"model", "rows"}."""
+    single = [t for t in timings if t.world_size == 1]
+    if not single:
+        raise UserError("--predict needs a finished 1-worker run among the runs (its step time)")
+    model = Model.of_run(single[0], request.network, request.overhead, request.workers_per_node, request.node_network)
+    return {"model": model.describe(), "rows": prediction(rows, model, request.counts)}
+
+
+def prediction(rows, model, counts):
+    """The predicted rows for `counts`, each with the measured figures of a report row of the same count."""
+    measured = {r["workers"]: r for r in rows}
+    out = []
+    for n in sorted(set(counts) | set(measured)):
+        row = model.predict(n)
+        if n in measured and measured[n]["samples_per_s"]:
+            row["measured_samples_per_s"] = measured[n]["samples_per_s"]
+            row["error"] = row["samples_per_s"] / measured[n]["samples_per_s"] - 1
+        out.append(row)
+    return out
+
+
+def markdown(predicted):
+    lines = [f"Predicted (weak scaling): {predicted['model']}.", "",
+             "| workers | step (ms) | exchange: latency (ms) | exchange: bandwidth (ms) | samples/s | efficiency "
+             "| limited by | measured samples/s | prediction error |",
+             "|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for r in predicted["rows"]:
+        measured = r.get("measured_samples_per_s")
+        against = (f"{measured:.1f} | {100 * r['error']:+.1f} %") if measured else "- | -"
+        lines.append(f"| {r['workers']} | {1e3 * r['step_s']:.1f} | {1e3 * r['latency_s']:.2f} | "
+                     f"{1e3 * r['bandwidth_s']:.2f} | {r['samples_per_s']:.1f} | {100 * r['efficiency']:.1f} % | "
+                     f"{r['limit']} | {against} |")
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""The allreduce benchmark's arithmetic and the scaling model, on figures written here: sizes, bus bandwidth,
+the latency/bandwidth fit, the ring model's terms, fusion, hierarchical rings, and bad input."""
+import json
+
+import pytest
+
+from hpctrain.distribute import allreduce_bench as bench
+from hpctrain.errors import UserError
+from hpctrain.report import predict, scaling
+from test_report import run as timing_run
+
+pytestmark = pytest.mark.fast
+
+
+def test_sizes_and_units():
+    assert bench.parse_bytes("4") == 4 and bench.parse_bytes("64K") == 65536 and bench.parse_bytes("256MB") == 256 << 20
+    assert bench.sizes(4, 64, 4) == [4, 16, 64]
+    assert bench.sizes()[0] == 4 and bench.sizes()[-1] == 256 << 20 and len(bench.sizes()) == 27
+    assert bench.iterations(4) == 1000 and bench.iterations(256 << 20) == 5
+    assert bench.bus_factor(2) == 1.0 and bench.bus_factor(8) == pytest.approx(1.75)
+    for bad in ("0", "4X", "-4", ""):
+        with pytest.raises(UserError, match="not a message size"):
+            bench.parse_bytes(bad)
+    with pytest.raises(UserError, match="larger than the largest"):
+        bench.sizes(1 << 20, 1024)
+
+
+def test_fit_recovers_latency_and_bandwidth():
+    latency, bandwidth = 50e-6, 2e9  # 50 us + bytes / 2 GB/s, on 4 workers
+    rows = [{"bytes": s, "time_s": latency + s / bandwidth} for s in bench.sizes(4, 64 << 20, 4)]
+    fit = bench.fit(rows, 4)
+    assert fit["latency_s"] == pytest.approx(latency, rel=1e-6)
+    assert fit["algbw_GBps"] == pytest.approx(2.0, rel=1e-6) and fit["busbw_GBps"] == pytest.approx(3.0, rel=1e-6)
+    assert bench.fit(rows[:1], 4) is None
+
+
+def test_table_names_the_reference_and_its_share():
+    row = bench._row(1 << 20, 32, [0.002, 0.001, 0.003], 2, reference=[0.001])
+    result = {"collective": "Horovod over MPI", "workers": 2, "processes": 2, "repeats": 3, "rows": [row],
+              "reference": "mpi4py Allreduce", "fit": None}
+    text = bench.table(result)
+    assert "| 1M | 32 | 2000.0 | 0.524 | 0.524 | 1000.0 | 1.049 | 0.50 |" in text
+    assert row["time_s_range"] == [0.001, 0.003]
+
+
+def test_network_specs():
+    net = predict.parse_network("100Gbit/s,2us")
+    assert net.bandwidth == 12.5e9 and net.latency == pytest.approx(2e-6)
+    assert predict.parse_network("12GB/s, 1.5us").bandwidth == 12e9
+    for bad in ("100", "100Gbit/s", "fast,2us", "100Gbit/s,2 parsecs", "0Gbit/s,1us", None):
+        with pytest.raises(UserError, match="network"):
+            predict.parse_network(bad)
+    assert predict.parse_counts("64,8,8") == [8, 64]
+    for bad in ("0,8", "-1", "8,x", "", "1.5"):
+        with pytest.raises(UserError, match="positive worker counts"):
+            predict.parse_counts(bad)
+
+
+def test_measured_network_takes_the_latency_of_the_reference_and_the_overhead_beyond_it(tmp_path):
+    result = {"collective": "Horovod over MPI", "workers": 2, "rows": [{}, {}],
+              "fit": {"latency_s": 2.0e-3, "busbw_GBps": 1.5}, "reference_fit": {"latency_s": 4e-6, "busbw_GBps": 2}}
+    path = tmp_path / "ar.json"
+    path.write_text(json.dumps(result))
+    network, overhead = predict.measured(path)
+    assert network.latency == pytest.approx(2e-6) and network.bandwidth == 1.5e9  # 4 us over 2 ring steps
+    assert overhead == pytest.approx(2.0e-3 - 4e-6)
+    path.write_text(json.dumps({**result, "reference_fit": None}))
+    network, overhead = predict.measured(path)
+    assert network.latency == pytest.approx(1e-3) and overhead == 0  # no reference: all of it per ring step
+    path.write_text("{}")
+    with pytest.raises(UserError, match="not a result of hpctrain bench allreduce"):
+        predict.measured(path)
+
+
+def test_ring_model_terms():
+    net = predict.Network(latency=10e-6, bandwidth=1e9, source="test")
+    model = predict.Model(step=0.1, batch=32, gradient_bytes=100_000_000, messages=2, network=net, overhead=1e-3)
+    one, eight = model.predict(1), model.predict(8)
+    assert one["step_s"] == 0.1 and one["efficiency"] == 1.0 and one["samples_per_s"] == 320
+    assert eight["latency_s"] == pytest.approx(2 * (1e-3 + 14 * 10e-6))
+    assert eight["bandwidth_s"] == pytest.approx(1.75 * 0.1)
+    assert eight["step_s"] == pytest.approx(0.1 + eight["latency_s"] + eight["bandwidth_s"])
+    assert eight["limit"] == "bandwidth" and eight["samples_per_s"] == pytest.approx(8 * 32 / eight["step_s"])
+    tiny = predict.Model(step=0.1, batch=32, gradient_bytes=4, messages=1, network=net)
+    assert tiny.predict(100_000)["limit"] == "latency" and tiny.predict(2)["limit"] == "compute"
+
+
+def test_hierarchical_rings_cross_the_nodes_once_per_node():
+    cluster, node = predict.Network(5e-6, 12.5e9, "ib"), predict.Network(1e-6, 100e9, "nvlink")
+    model = predict.Model(0.1, 32, 10**9, 1, cluster, 0.0, workers_per_node=4, node_network=node)
+    p = model.predict(64)  # 16 nodes of 4
+    assert p["bandwidth_s"] == pytest.approx(1.5 * 1e9 / 100e9 + 1.875 * 1e9 / 12.5e9)
+    assert p["latency_s"] == pytest.approx(6 * 1e-6 + 30 * 5e-6)
+    assert model.predict(4)["bandwidth_s"] == pytest.approx(1.5 * 1e9 / 100e9)  # one node: its own network
+
+
+def test_report_predicts_from_the_one_worker_run_with_its_fusion(tmp_path):
+    fused = {"exchange": {"collective": "Horovod over MPI", "fusion_bytes": 64 << 20}}
+    runs = [timing_run(tmp_path, n, tp, parameters=50_000_000, environment=fused,
+                       throughput={"samples_per_s": tp, "samples_per_s_ci95": 0.5, "step_time_median": 8 * n / tp})
+            for n, tp in ((1, 80.0), (2, 150.0))]
+    request = predict.Request((2, 64), predict.parse_network("10Gbit/s,5us"))
+    [group] = scaling.build(runs, request)
+    rows = {r["workers"]: r for r in group["prediction"]["rows"]}
+    assert sorted(rows) == [1, 2, 64] and "in 3 message(s)" in group["prediction"]["model"]  # 200 MB / 64 MiB
+    assert rows[2]["measured_samples_per_s"] == 150.0
+    assert rows[2]["error"] == pytest.approx(rows[2]["samples_per_s"] / 150 - 1)
+    assert rows[64]["bandwidth_s"] == pytest.approx(2 * 63 / 64 * 200e6 / 1.25e9)
+    text = scaling.markdown([group])
+    assert "Predicted (weak scaling)" in text and "| 64 |" in text
+    with pytest.raises(UserError, match="needs a finished 1-worker run"):
+        scaling.build(runs[1:], request)
