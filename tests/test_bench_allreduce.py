@@ -43,7 +43,7 @@ def test_horovod_over_mpi_is_timed_beside_plain_mpi(horovod_result):
         assert row["time_s"] > 0 and row["time_s_range"][0] <= row["time_s"] <= row["time_s_range"][1]
         assert row["busbw_GBps"] == pytest.approx(row["bytes"] / row["time_s"] / 1e9)  # 2 workers: factor 1
         assert row["reference"]["time_s"] > 0
-    assert result["exchange"]["fusion_bytes"] == 64 << 20 and result["exchange"]["cycle_time_ms"] == 2.0
+    assert result["exchange"]["fusion_bytes"] == 128 << 20 and result["exchange"]["cycle_time_ms"] == 2.0
     assert result["fit"]["latency_s"] > 0 and result["reference_fit"]["latency_s"] >= 0
     assert result["gradient_set"]["bytes"] == lenet_gradient_bytes() and result["gradient_set"]["tensors"] == 10
     assert "| 1K |" in stdout and "| gradient set |" in stdout and "reference: mpi4py Allreduce" in stdout

@@ -28,7 +28,8 @@ class RunDir:
     metrics_jsonl = property(lambda self: self.path / "metrics.jsonl")
     timing = property(lambda self: self.path / "timing.json")         # hpctrain.train.timing.Timing
     curves = property(lambda self: self.path / "curves.png")
-    tensorboard = property(lambda self: self.path / "tensorboard")
+    tensorboard = property(lambda self: self.path / "tensorboard")    # train.profile: its trace in plugins/profile/
+    timeline = property(lambda self: self.path / "timeline.json")     # distribute.timeline (Horovod's, chrome://tracing)
     evaluation = property(lambda self: self.path / "evaluation.json")
     tsne = property(lambda self: self.path / "tsne.png")
     ranks = property(lambda self: self.path / ".ranks")               # heartbeats (hpctrain.train.watchdog)

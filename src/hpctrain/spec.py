@@ -86,6 +86,20 @@ class TrainSpec(_Section):
     target_metric: str | None = None             # e.g. "val_dice": time to reach target_value is timed
     target_value: float | None = None
     stop_at_target: bool = False                 # end training at the first epoch that reaches the target
+    # "START:END": a TensorFlow profiler trace of those steps (1 = the run's first) in the run's tensorboard/
+    profile: str | None = Field(None, pattern=r"^[1-9][0-9]*:[1-9][0-9]*$")
+
+    @field_validator("profile")
+    @classmethod
+    def _ordered(cls, text):
+        if text is not None and int(text.split(":")[0]) > int(text.split(":")[1]):
+            raise ValueError(f"train.profile {text!r}: START:END with START <= END")
+        return text
+
+    @property
+    def profile_steps(self):
+        """(first, last) step of train.profile, or None."""
+        return tuple(map(int, self.profile.split(":"))) if self.profile else None
 
     @property
     def update_batch(self):
@@ -105,6 +119,7 @@ class DistributeSpec(_Section):
     # each library chooses.
     interface: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,15}$")
     stall_timeout: float = Field(300.0, gt=0)    # seconds without a training step: the job ends, naming the rank
+    timeline: bool = False                       # the backend's own timeline of its exchanges in the run folder
 
     def lr_warmup_steps(self, steps_per_epoch):
         """Steps of the learning-rate ramp."""
@@ -117,6 +132,14 @@ class DistributeSpec(_Section):
     def _one_warmup(self):
         if self.warmup_epochs is not None and self.warmup_steps is not None:
             raise ValueError("distribute.warmup_epochs and distribute.warmup_steps: set one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _timeline(self):
+        if self.timeline and not backends.BACKENDS[self.backend].writes_timeline:
+            some = [name for name, b in backends.BACKENDS.items() if b.writes_timeline]
+            raise ValueError(f"distribute.timeline: backend {self.backend!r} writes no timeline "
+                             f"(backends that do: {', '.join(some)})")
         return self
 
     @field_validator("backend")

@@ -179,6 +179,13 @@ class Backend:
         pass
 
     mpi_job = False  # its processes are one MPI job (mpi4py's COMM_WORLD holds them all)
+    writes_timeline = False  # distribute.timeline: a trace of its exchanges (start_timeline)
+
+    def start_timeline(self, path):
+        """Records the backend's timeline into `path` until stop_timeline."""
+
+    def stop_timeline(self):
+        pass
 
     def exchange(self):
         """The gradient exchange, for timing.json and the scaling model: its collective and the bytes it fuses
@@ -232,6 +239,8 @@ class HorovodBackend(Backend):
         timeout = self.spec.stall_timeout
         os.environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(max(1, round(timeout / 2))))
         os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str(max(2, round(2 * timeout))))
+        if self.spec.timeline:  # started into the run folder once it exists (start_timeline)
+            os.environ["HOROVOD_TIMELINE"] = "DYNAMIC"
         tf = compat.tf()
         gpus = tf.config.list_physical_devices("GPU")
         if not gpus:  # before hvd.init(): Horovod's and MPI's threads then share this worker's cores
@@ -276,8 +285,15 @@ class HorovodBackend(Backend):
         self.allreduce(0.0, "sum")
 
     mpi_job = property(lambda self: self.hvd.mpi_enabled())
+    writes_timeline = True  # Horovod's timeline: each tensor's negotiation, fusion and allreduce, from rank 0
 
-    FUSION_BYTES = 64 << 20  # HOROVOD_FUSION_THRESHOLD's default (Horovod's tensor-fusion docs)
+    def start_timeline(self, path):
+        self.hvd.start_timeline(str(path))
+
+    def stop_timeline(self):
+        self.hvd.stop_timeline()
+
+    FUSION_BYTES = 128 << 20  # HOROVOD_FUSION_THRESHOLD's default in Horovod 0.28 (operations.cc; its docs say 64 MB)
 
     def exchange(self):
         gpu = bool(compat.tf().config.list_physical_devices("GPU"))

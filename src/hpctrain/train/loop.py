@@ -66,6 +66,7 @@ def _train(spec, backend, resume, force, watchdog):
     started = time.time()
     entry = models.get(spec.model.name)
     data = _Data.check(spec, backend, entry)  # before anything is written
+    _check_profile(spec.train, data.steps)
     if backend.is_chief:
         _say_rare_classes(spec, entry.task, data.info)
     _set_numerics(spec.train)
@@ -220,6 +221,13 @@ def _say_rare_classes(spec, task, info):
               + f"; train.loss is {spec.train.loss}" + (f" (also: {', '.join(others)})" if others else ""), flush=True)
 
 
+def _check_profile(train_spec, steps_per_epoch):
+    total = train_spec.epochs * steps_per_epoch
+    if train_spec.profile and train_spec.profile_steps[1] > total:
+        raise UserError(f"train.profile {train_spec.profile!r} ends after the run's last step ({total}: "
+                        f"{train_spec.epochs} epochs of {steps_per_epoch} steps)")
+
+
 def _check_target(train_spec, logged):
     metric = train_spec.target_metric
     if metric is not None and metric not in logged:
@@ -266,13 +274,16 @@ def _fit(spec, backend, task, data, run, model, optimizer, state, start_step, re
                                              "val_loss" if validation is not None else "loss", stopper, nonfinite))
         if backend.is_chief:
             callbacks.append(cb.MetricsLog(run, run.history() if resume else ()))
-            if spec.output.tensorboard:
-                callbacks.append(compat.keras().callbacks.TensorBoard(str(run.tensorboard), profile_batch=0))
+            if spec.output.tensorboard or spec.train.profile:  # Keras counts the profiled steps from 1 in each fit
+                callbacks.append(compat.keras().callbacks.TensorBoard(
+                    str(run.tensorboard), profile_batch=spec.train.profile_steps or 0))
         # A progress bar on an interactive terminal; one line per epoch in logs and under launchers
         # (mpirun gives its ranks a pseudo-terminal even when the output goes to a file).
         interactive = sys.stdout.isatty() and backend.cluster.launcher == "single"
         fit = dict(validation_data=validation, validation_steps=data.validation_steps, callbacks=callbacks,
                    verbose=((1 if interactive else 2) if backend.is_chief else 0))
+        if spec.distribute.timeline:
+            backend.start_timeline(run.timeline)
         if in_epoch:  # finish the interrupted epoch first, from the exact step it stopped at
             model.fit(data.training(spec, backend, start_step), initial_epoch=epoch, epochs=epoch + 1,
                       steps_per_epoch=steps - in_epoch, **fit)
@@ -280,6 +291,8 @@ def _fit(spec, backend, task, data, run, model, optimizer, state, start_step, re
         if epoch < spec.train.epochs and not stopper.stopped_at and not nonfinite.bad_step:
             model.fit(data.training(spec, backend, epoch * steps), initial_epoch=epoch, epochs=spec.train.epochs,
                       steps_per_epoch=steps, **fit)
+        if spec.distribute.timeline:
+            backend.stop_timeline()
     if nonfinite.bad_step:
         e, s, value = nonfinite.bad_step
         raise TrainingFailed(f"loss became {value} at epoch {e}, step {s}; the last good checkpoint is kept "
