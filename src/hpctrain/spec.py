@@ -86,6 +86,7 @@ class TrainSpec(_Section):
     target_metric: str | None = None             # e.g. "val_dice": time to reach target_value is timed
     target_value: float | None = None
     stop_at_target: bool = False                 # end training at the first epoch that reaches the target
+    breakdown_steps: int = Field(10, ge=0)       # after the last step: where a step goes (train.breakdown); 0: off
     # "START:END": a TensorFlow profiler trace of those steps (1 = the run's first) in the run's tensorboard/
     profile: str | None = Field(None, pattern=r"^[1-9][0-9]*:[1-9][0-9]*$")
 

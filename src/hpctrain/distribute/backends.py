@@ -167,6 +167,10 @@ class Backend:
     def distribute(self, dataset, per_replica_batch):
         return dataset
 
+    def run_replicas(self, fn, args):
+        """Inside a tf.function: fn(*args) on every replica of this process (the args as distribute gives them)."""
+        return fn(*args)
+
     def reduce_gradients(self, grads):
         """Inside a training step: this replica's gradients -> what the optimizer applies. Where
         apply_gradients itself reduces over the replicas (tf.distribute), nothing is done here."""
@@ -331,6 +335,9 @@ class _TFDistributeBackend(Backend):
         # The dataset holds this process's batches of per_replica_batch x local_replicas; each step the
         # strategy hands one slice of per_replica_batch to each local replica.
         return self.strategy.distribute_datasets_from_function(lambda ctx: dataset.rebatch(per_replica_batch))
+
+    def run_replicas(self, fn, args):
+        return self.strategy.run(fn, args=tuple(args))
 
     def allreduce(self, value, op="mean"):
         if op not in self._reducers:

@@ -53,6 +53,28 @@ def plot_group(group, throughput_png, efficiency_png):
     plt.close(fig)
 
 
+def plot_breakdown(group, png):
+    """A stacked bar per worker count: input wait, compute, exchange and other, in ms per step, with the
+    run's own step time marked."""
+    plt = _pyplot()
+    rows = [r for r in group["rows"] if r["breakdown"]]
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    labels = [str(r["workers"]) for r in rows]
+    bottom = [0.0] * len(rows)
+    for part in ("input", "compute", "exchange", "other"):
+        height = [max(0.0, 1e3 * r["breakdown"]["seconds"][part]) for r in rows]  # a negative part: overlap
+        ax.bar(labels, height, bottom=bottom, label=part)
+        bottom = [b + h for b, h in zip(bottom, height)]
+    runs = [(label, 1e3 * r["breakdown"]["run_step"]) for label, r in zip(labels, rows) if r["breakdown"]["run_step"]]
+    if runs:
+        ax.plot(*zip(*runs), "k_", markersize=30, label="the run's step")
+    ax.set(xlabel="workers", ylabel="ms per step", title=f"{group['job']} ({group['backend']})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, png)
+    plt.close(fig)
+
+
 def plot_target_curves(group, histories, png):
     """The target metric against wall-clock training time, every run of every worker count on one set of
     axes (a colour per count), with the target as a line. histories: {run folder: metrics.jsonl rows}."""

@@ -67,8 +67,18 @@ def _repeat(r):
             "samples_per_s": (t.throughput or {}).get("samples_per_s"),
             "epoch_time": statistics.fmean(epochs[1:]) if len(epochs) > 1 else epochs[0],  # the first: compilation
             "train_time": t.train_time, "epoch_times": t.epoch_times, "time_to_target": t.target_seconds,
-            "steps_to_target": steps,
+            "steps_to_target": steps, "breakdown": t.breakdown,
             "final": {k: v for k, v in r["final"].items() if k != "epoch"}}
+
+
+def _breakdown(measured):
+    """The median over repeats of each part of the step (seconds) and of the probe's and the run's step."""
+    if not measured:
+        return None
+    parts = {k: statistics.median(b["seconds"][k] for b in measured) for k in measured[0]["seconds"]}
+    steps = {k: statistics.median(b[k] for b in measured if b[k] is not None) if any(b[k] for b in measured)
+             else None for k in ("step", "run_step")}
+    return {"seconds": parts, **steps}
 
 
 def _ratio(a, b):
@@ -109,6 +119,7 @@ def table(runs):
             "samples_to_target": steps * t.global_batch if steps is not None else None,
             "final": {k: m for k, (m, _) in finals.items()}, "final_std": {k: sd for k, (_, sd) in finals.items()},
             "repeats": each, "run": each[0]["run"] if len(each) == 1 else None,
+            "breakdown": _breakdown([e["breakdown"] for e in each if e["breakdown"]]),
         })
     base = rows[0]
     for row in rows:
@@ -182,13 +193,32 @@ def markdown(report):
             lines += [f"| {r['workers']} | {e['split']} | {_fmt(e['seed'])} | {_fmt(e['samples_per_s'], 1)} | "
                       f"{_fmt(e['time_to_target'], 1)} | {_fmt(e['final'].get(g['target']), 4)} | {e['run']} |"
                       for r in g["rows"] for e in r["repeats"]]
+        measured = [r for r in g["rows"] if r["breakdown"]]
+        lines += _breakdown_lines(measured)
         if g.get("prediction"):
             from hpctrain.report import predict as predict_mod
 
             lines += ["", predict_mod.markdown(g["prediction"])]
         lines += ["", f"![throughput]({_slug(g)}-throughput.png) ![efficiency]({_slug(g)}-efficiency.png)"
-                  + (f" ![{g['target']} against time]({_slug(g)}-target.png)" if g["target"] else ""), ""]
+                  + (f" ![{g['target']} against time]({_slug(g)}-target.png)" if g["target"] else "")
+                  + (f" ![where the time goes]({_slug(g)}-breakdown.png)" if measured else ""), ""]
     return "\n".join(lines)
+
+
+def _breakdown_lines(rows):
+    if not rows:
+        return []
+    lines = ["", "Where a step's time goes (ms; the median over the ranks and the repeats, measured after the last "
+             "step: hpctrain.train.breakdown):", "",
+             "| workers | input wait | compute | exchange | other | step (sum) | the run's step | sum vs run |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        b = r["breakdown"]
+        against = f"{100 * (b['step'] / b['run_step'] - 1):+.1f} %" if b["run_step"] else "-"
+        parts = " | ".join(f"{1e3 * b['seconds'][k]:.1f}" for k in ("input", "compute", "exchange", "other"))
+        lines.append(f"| {r['workers']} | {parts} | {1e3 * b['step']:.1f} | "
+                     f"{_fmt(b['run_step'] and 1e3 * b['run_step'], 1)} | {against} |")
+    return lines
 
 
 def _slug(g):
@@ -222,7 +252,7 @@ def missing_runs(run_dirs):
 def write(run_dirs, out, allow_missing=False, predict=None):
     """Builds the report of `run_dirs` into folder `out`; returns the report.md path. With `allow_missing`
     (a report queued after a sweep) runs without timing.json are named in report.md instead of failing it."""
-    from hpctrain.report.plots import plot_group, plot_target_curves
+    from hpctrain.report.plots import plot_breakdown, plot_group, plot_target_curves
 
     missing = missing_runs(run_dirs) if allow_missing else []
     finished = [d for d in run_dirs if d not in missing]
@@ -231,6 +261,8 @@ def write(run_dirs, out, allow_missing=False, predict=None):
     out.mkdir(parents=True, exist_ok=True)
     for g in report:
         plot_group(g, out / f"{_slug(g)}-throughput.png", out / f"{_slug(g)}-efficiency.png")
+        if any(r["breakdown"] for r in g["rows"]):
+            plot_breakdown(g, out / f"{_slug(g)}-breakdown.png")
         if g["target"]:
             runs = [e["run"] for r in g["rows"] for e in r["repeats"]]
             plot_target_curves(g, {run: RunDir(run).history() for run in runs}, out / f"{_slug(g)}-target.png")

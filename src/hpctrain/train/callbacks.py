@@ -79,6 +79,7 @@ class StepTimer(keras.callbacks.Callback):
         self.target_metric, self.target_value, self.stop = target_metric, target_value, stop
         self.step_times, self.epoch_times, self.target_reached = [], [], None
         self.start = self.first_step_at = None
+        self.breakdown = None  # every rank's hpctrain.train.breakdown measurement, when one was made
 
     def on_train_begin(self, logs=None):
         self.start = time.perf_counter()

@@ -126,8 +126,9 @@ class _Data:
                   "each validates all of them", flush=True)
         return cls(path, counts.info, steps, counts.steps_per_epoch, plan.steps, plan.shards)
 
-    def training(self, spec, backend, step):
-        """This process's batches from global step `step` on, distributed by the backend."""
+    def training(self, spec, backend, step, one_batch=False):
+        """This process's batches from global step `step` on, distributed by the backend (`one_batch`: the
+        first of them, held in memory and repeated)."""
         from hpctrain.data import pipeline
 
         index, count = backend.input_shard
@@ -136,7 +137,7 @@ class _Data:
                                        batch_size=B * backend.local_replicas, seed=spec.train.seed,
                                        tile=spec.data.tile, augment=spec.data.augment, in_memory=spec.data.in_memory,
                                        start_epoch=step // self.natural_steps, start_step=step % self.natural_steps)
-        return backend.distribute(ds, B)
+        return backend.distribute(ds.take(1).cache().repeat() if one_batch else ds, B)
 
     def validation(self, spec, backend, task):
         """Whole images of the validation subset (this process's share), distributed by the backend, or None."""
@@ -208,6 +209,21 @@ def _build(spec, backend, entry, data, shape, lr):
         state = checkpoint.TrainState(model, optimizer)
     names = ["loss", *(m if isinstance(m, str) else getattr(m, "name", None) or m.__name__ for m in metrics)]
     return model, optimizer, state, names + [f"val_{n}" for n in names] * (data.validation_steps is not None)
+
+
+def _breakdown(spec, backend, data, model, watchdog):
+    """Every rank's step-time breakdown (hpctrain.train.breakdown), on batches from the run's first step."""
+    from hpctrain.train import breakdown
+
+    progress = None
+    if watchdog is not None:  # its calls are watched like training steps
+        watchdog.on_train_begin()
+        progress = lambda: watchdog.on_train_batch_end(None)  # noqa: E731
+    mine = breakdown.measure(model, backend, data.training(spec, backend, 0), data.training(spec, backend, 0, True),
+                             spec.train.breakdown_steps, progress)
+    if watchdog is not None:
+        watchdog.on_train_end()
+    return breakdown.gather(backend, mine)
 
 
 def _say_rare_classes(spec, task, info):
@@ -293,6 +309,8 @@ def _fit(spec, backend, task, data, run, model, optimizer, state, start_step, re
                       steps_per_epoch=steps, **fit)
         if spec.distribute.timeline:
             backend.stop_timeline()
+    if spec.train.breakdown_steps and not (stopper.stopped_at or nonfinite.bad_step):
+        timer.breakdown = _breakdown(spec, backend, data, model, watchdog)
     if nonfinite.bad_step:
         e, s, value = nonfinite.bad_step
         raise TrainingFailed(f"loss became {value} at epoch {e}, step {s}; the last good checkpoint is kept "

@@ -18,6 +18,7 @@ import psutil
 from hpctrain import __version__, compat, optimizers
 from hpctrain.atomic import atomic_output, write_text
 from hpctrain.errors import UserError
+from hpctrain.train import breakdown
 
 
 @dataclasses.dataclass
@@ -56,6 +57,7 @@ class Timing:
     seed: int | None = None     # train.seed
     validation_shards: int = 1  # processes that split the validation samples (1: each scored all of them)
     gradient_tensors: int | None = None  # trainable variables: the tensors each update exchanges
+    breakdown: dict | None = None  # where a step's time goes (hpctrain.train.breakdown.summary); None: not measured
 
     # Runs of one comparison differ in nothing but the worker count and what follows from it.
     SCALED: ClassVar = ("world_size", "processes", "nodes", "per_worker_batch", "global_batch", "steps_per_epoch")
@@ -129,6 +131,7 @@ def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, e
         timer.epoch_times = earlier.epoch_times + timer.epoch_times
         wall += earlier.wall_time
         timer.target_reached = (earlier.target or {}).get("reached") or timer.target_reached
+    throughput = throughput_stats(timer.step_times, global_batch, spec.train.warmup_steps)
     return Timing(
         complete=complete, attempts=(earlier.attempts if earlier else 0) + 1,
         job=spec.name, model=spec.model.name, parameters=int(model.count_params()),
@@ -138,7 +141,7 @@ def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, e
         global_batch=global_batch, lr_scaling=optimizers.scaling_rule(spec.distribute.lr_scaling, spec.train.optimizer),
         precision=spec.train.precision, xla=spec.train.xla,
         steps_per_epoch=steps_per_epoch, epochs=spec.train.epochs, warmup_steps=spec.train.warmup_steps,
-        throughput=throughput_stats(timer.step_times, global_batch, spec.train.warmup_steps),
+        throughput=throughput,
         step_times=timer.step_times, epoch_times=timer.epoch_times,
         train_time=float(sum(timer.epoch_times)), wall_time=float(wall),
         first_step_at=timer.first_step_at,
@@ -148,6 +151,8 @@ def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, e
         environment=environment(backend, rank_hosts), accumulate_steps=spec.train.accumulate_steps,
         seed=spec.train.seed, validation_shards=validation_shards,
         gradient_tensors=len(model.trainable_variables),
+        breakdown=breakdown.summary(timer.breakdown, (throughput or {}).get("step_time_median"),
+                                    spec.train.breakdown_steps) if timer.breakdown else None,
     )
 
 
