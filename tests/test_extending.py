@@ -21,6 +21,10 @@ def hpctrain_with_toys(*args):
     return proc.stdout
 
 
+def timing_of(tmp_path):
+    return json.loads((tmp_path / "run" / "timing.json").read_text())
+
+
 def test_a_toy_backend_and_a_toy_model_train_through_the_normal_path(tmp_path, mnist_h5):
     job = spec.write(tmp_path / "job.toml", name="toy", data={"path": str(mnist_h5), "split": "holdout"},
                      model={"name": "tiny", "tiny": {"units": 16}},
@@ -28,7 +32,9 @@ def test_a_toy_backend_and_a_toy_model_train_through_the_normal_path(tmp_path, m
                      distribute={"backend": "counting"}, output={"dir": str(tmp_path / "run"), "tensorboard": False})
     out = hpctrain_with_toys("train", job)
     asked = json.loads(out.splitlines()[-1].removeprefix("asked "))
-    assert asked == {"wrap_optimizer": 1, "distribute": 2, "callbacks": 1}  # training and validation data
+    # training and validation data, then the step-time breakdown's run batches and its one batch
+    assert asked == {"wrap_optimizer": 1, "distribute": 4, "callbacks": 1}
+    assert timing_of(tmp_path)["breakdown"]["per_rank"][0]["compute"] > 0
 
     run = tmp_path / "run"
     timing = json.loads((run / "timing.json").read_text())
