@@ -121,6 +121,7 @@ class DistributeSpec(_Section):
     interface: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,15}$")
     stall_timeout: float = Field(300.0, gt=0)    # seconds without a training step: the job ends, naming the rank
     timeline: bool = False                       # the backend's own timeline of its exchanges in the run folder
+    compression: str = "none"                    # of the gradients on the wire: one of the backend's compressions
 
     def lr_warmup_steps(self, steps_per_epoch):
         """Steps of the learning-rate ramp."""
@@ -133,6 +134,14 @@ class DistributeSpec(_Section):
     def _one_warmup(self):
         if self.warmup_epochs is not None and self.warmup_steps is not None:
             raise ValueError("distribute.warmup_epochs and distribute.warmup_steps: set one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _compression(self):
+        known = backends.BACKENDS[self.backend].compressions
+        if self.compression not in known:
+            raise ValueError(f"distribute.compression {self.compression!r}: backend {self.backend!r} offers "
+                             f"{', '.join(map(repr, known))}")
         return self
 
     @model_validator(mode="after")

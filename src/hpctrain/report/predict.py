@@ -28,7 +28,7 @@ from hpctrain.errors import UserError
 
 _RATE = {"gbit/s": 1e9 / 8, "mbit/s": 1e6 / 8, "gb/s": 1e9, "mb/s": 1e6}
 _TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
-GRADIENT_BYTES = 4  # float32 gradients: the models keep float32 variables under every precision policy
+GRADIENT_BYTES = 4  # float32 gradients (float32 variables under every precision policy), unless compressed
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,9 @@ class Model:
             raise UserError(f"{timing.job}: the 1-worker run measured no training step")
         if workers_per_node > 1 and node_network is None:
             raise UserError("--workers-per-node above 1 needs --node-network (the network inside a node)")
-        nbytes = GRADIENT_BYTES * timing.parameters
-        fusion = (timing.environment.get("exchange") or {}).get("fusion_bytes")
+        exchange = timing.environment.get("exchange") or {}
+        nbytes = exchange.get("bytes_per_value", GRADIENT_BYTES) * timing.parameters
+        fusion = exchange.get("fusion_bytes")
         if fusion == 0:  # every gradient its own message
             messages = timing.gradient_tensors or 1
         else:
