@@ -141,6 +141,17 @@ class NodeCluster(SlurmCluster):
                     break
                 time.sleep(0.1)
 
+    def shape(self, node, rate=None):
+        """Limits the node's link to `rate` (tc's units, e.g. "1gbit") both ways with a token bucket (tbf: the
+        kernel here has no netem), or lifts the limit (None)."""
+        n = self._node(node)
+        for prefix in ([], ["ip", "netns", "exec", n.netns]):
+            dev = n.link if not prefix else "eth0"
+            subprocess.run([*prefix, "tc", "qdisc", "del", "dev", dev, "root"], capture_output=True)
+            if rate:
+                subprocess.run([*prefix, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
+                                "burst", "1mb", "latency", "50ms"], check=True, capture_output=True)
+
     def link_bytes(self, node):
         """(rx, tx) bytes of the node's root-side veth (tx: towards the node)."""
         out = subprocess.run(["ip", "-s", "-j", "link", "show", "dev", self.link(node)], capture_output=True,

@@ -67,9 +67,17 @@ def test_measured_network_takes_the_latency_of_the_reference_and_the_overhead_be
     path.write_text(json.dumps({**result, "reference_fit": None}))
     network, overhead = predict.measured(path)
     assert network.latency == pytest.approx(1e-3) and overhead == 0  # no reference: all of it per ring step
+    grads = {"tensors": 8, "bytes": 1_000_000, "time_s": 2.0e-3 + 1e-3}  # 1 MB in 1 ms beyond the latency
+    path.write_text(json.dumps({**result, "gradient_set": grads}))
+    assert predict.measured(path, 1_000_000)[0].bandwidth == pytest.approx(1e9)  # the job's own exchange
+    assert predict.measured(path, 2_000_000)[0].bandwidth == 1.5e9  # another model: the fit
     path.write_text("{}")
     with pytest.raises(UserError, match="not a result of hpctrain bench allreduce"):
         predict.measured(path)
+    with pytest.raises(UserError, match="not a result of hpctrain bench allreduce"):
+        predict.Request((8,), allreduce=str(path))
+    with pytest.raises(UserError, match="needs the network"):
+        predict.Request((8,))
 
 
 def test_ring_model_terms():
@@ -99,7 +107,7 @@ def test_report_predicts_from_the_one_worker_run_with_its_fusion(tmp_path):
     runs = [timing_run(tmp_path, n, tp, parameters=50_000_000, environment=fused,
                        throughput={"samples_per_s": tp, "samples_per_s_ci95": 0.5, "step_time_median": 8 * n / tp})
             for n, tp in ((1, 80.0), (2, 150.0))]
-    request = predict.Request((2, 64), predict.parse_network("10Gbit/s,5us"))
+    request = predict.Request((2, 64), network=predict.parse_network("10Gbit/s,5us"))
     [group] = scaling.build(runs, request)
     rows = {r["workers"]: r for r in group["prediction"]["rows"]}
     assert sorted(rows) == [1, 2, 64] and "in 3 message(s)" in group["prediction"]["model"]  # 200 MB / 64 MiB

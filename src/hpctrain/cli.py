@@ -125,15 +125,10 @@ def _prediction(args):
         return None
     from hpctrain.report import predict
 
-    counts = predict.parse_counts(args.predict)
-    if not (args.network or args.allreduce):
-        raise UserError("--predict needs the network: --network BANDWIDTH,LATENCY, --allreduce FILE, or both")
-    network, overhead = predict.measured(args.allreduce) if args.allreduce else (None, 0.0)
-    network = predict.parse_network(args.network) if args.network else network
-    if args.workers_per_node < 1:
-        raise UserError(f"--workers-per-node must be at least 1, not {args.workers_per_node}")
     node = predict.parse_network(args.node_network) if args.node_network else None
-    return predict.Request(tuple(counts), network, overhead, args.workers_per_node, node)
+    return predict.Request(tuple(predict.parse_counts(args.predict)),
+                           predict.parse_network(args.network) if args.network else None, args.allreduce,
+                           args.workers_per_node, node)
 
 
 def _add_predict_arguments(p):

@@ -56,8 +56,10 @@ def parse_network(text):
     return Network(latency, rate, text.strip())
 
 
-def measured(path):
-    """(Network, overhead seconds per message) of a `hpctrain bench allreduce -o FILE` result."""
+def measured(path, gradient_bytes=None):
+    """(Network, overhead seconds per message) of a `hpctrain bench allreduce -o FILE` result. When its job's
+    gradient set has `gradient_bytes`, the bandwidth is the one that exchange reached (the tensors and fusion
+    training exchanges); otherwise the fit's over the message sizes."""
     try:
         result = json.loads(open(path).read())
         fit, reference, n = result["fit"], result.get("reference_fit"), result["workers"]
@@ -69,9 +71,13 @@ def measured(path):
         raise UserError(f"{path}: the benchmark ran on {n} worker(s) and {len(result.get('rows', []))} sizes; the "
                         "network needs 2 workers and 2 sizes at least")
     base = reference or fit
-    source = f"measured: {path} ({result['collective']}, {n} workers)"
-    return (Network(base["latency_s"] / (2 * (n - 1)), fit["busbw_GBps"] * 1e9, source),
-            max(0.0, fit["latency_s"] - base["latency_s"]))
+    bandwidth, what = fit["busbw_GBps"] * 1e9, "fit over the sizes"
+    grads = result.get("gradient_set")
+    if grads and grads["bytes"] == gradient_bytes and grads["time_s"] > fit["latency_s"]:
+        bandwidth = bus_factor(n) * grads["bytes"] / (grads["time_s"] - fit["latency_s"])
+        what = "bandwidth of the job's gradient set"
+    source = f"measured: {path} ({result['collective']}, {n} workers; {what})"
+    return Network(base["latency_s"] / (2 * (n - 1)), bandwidth, source), max(0.0, fit["latency_s"] - base["latency_s"])
 
 
 def parse_counts(text):
@@ -139,12 +145,21 @@ class Model:
 
 @dataclass(frozen=True)
 class Request:
-    """What `--predict` asks for: worker counts, and the network(s) to predict them on."""
+    """What `--predict` asks for: worker counts, and the network(s) to predict them on: given, or measured
+    by a `bench allreduce` result (`allreduce`; with a given network, only its overhead is taken)."""
     counts: tuple
-    network: Network
-    overhead: float = 0.0
+    network: Network | None = None
+    allreduce: str | None = None
     workers_per_node: int = 1
     node_network: Network | None = None
+
+    def __post_init__(self):
+        if self.network is None and self.allreduce is None:
+            raise UserError("--predict needs the network: --network BANDWIDTH,LATENCY, --allreduce FILE, or both")
+        if self.allreduce is not None:
+            measured(self.allreduce)  # a file that does not parse fails now, before any run
+        if self.workers_per_node < 1:
+            raise UserError(f"--workers-per-node must be at least 1, not {self.workers_per_node}")
 
 
 def for_group(timings, rows, request):
@@ -152,7 +167,11 @@ def for_group(timings, rows, request):
     single = [t for t in timings if t.world_size == 1]
     if not single:
         raise UserError("--predict needs a finished 1-worker run among the runs (its step time)")
-    model = Model.of_run(single[0], request.network, request.overhead, request.workers_per_node, request.node_network)
+    network, overhead = request.network, 0.0
+    if request.allreduce is not None:
+        found, overhead = measured(request.allreduce, GRADIENT_BYTES * single[0].parameters)
+        network = network or found
+    model = Model.of_run(single[0], network, overhead, request.workers_per_node, request.node_network)
     return {"model": model.describe(), "rows": prediction(rows, model, request.counts)}
 
 
