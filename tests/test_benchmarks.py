@@ -85,3 +85,9 @@ def test_rare_foreground():
     assert [row.split("|")[1].strip() for row in rows(out, "")][1:] == [
         "crossentropy", "crossentropy+dice", "weighted_crossentropy"]
     assert re.search(rf"\| weighted_crossentropy \| {NUMBER} \({NUMBER}-{NUMBER}\) \|", out)
+
+
+def test_predict_shaped():
+    out = run("predict_shaped.py", "--rates", "1gbit", "--steps", 8, "--repeats", 1, timeout=900)
+    assert len(rows(out, "1gbit")) == 2  # without and with fp16 compression
+    assert re.search(rf"\| 1gbit \| {NUMBER} \| fp16 \| [0-9]+ \| [0-9]+ \| [+-]{NUMBER} %", out)

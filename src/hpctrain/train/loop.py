@@ -241,7 +241,7 @@ def _check_profile(train_spec, steps_per_epoch):
     total = train_spec.epochs * steps_per_epoch
     if train_spec.profile and train_spec.profile_steps[1] > total:
         raise UserError(f"train.profile {train_spec.profile!r} ends after the run's last step ({total}: "
-                        f"{train_spec.epochs} epochs of {steps_per_epoch} steps)")
+                        f"{train_spec.epochs} epoch{'s' * (train_spec.epochs > 1)} of {steps_per_epoch} steps)")
 
 
 def _check_target(train_spec, logged):
