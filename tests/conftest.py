@@ -62,10 +62,12 @@ def isbi_h5(tmp_path_factory):
 
 def write_job(path, **sections):
     """Writes a job spec TOML from {section: {key: value}}. Its precision is fp32 unless given: the tests
-    compare weights and scores to float32 tolerances (train.precision "auto" has tests of its own)."""
+    compare weights and scores to float32 tolerances (train.precision "auto" has tests of its own). The
+    step-time breakdown is off unless given: it would add its calls to every run of the suite
+    (tests/test_breakdown.py and test_extending.py run it)."""
     from hpctrain import spec
 
-    sections["train"] = {"precision": "fp32", **sections.get("train", {})}
+    sections["train"] = {"precision": "fp32", "breakdown_steps": 0, **sections.get("train", {})}
     return spec.write(path, **sections)
 
 
