@@ -10,8 +10,8 @@ the node's link set down, its rank stopped with SIGSTOP. Printed: seconds from t
 (median and range over the rounds), exit code, and whether any process of the job was left on a node.
 Throughput: the U-Net of scaling_cpu.py, Horovod over TCP between the nodes (one core each; mpirun and
 horovodrun --gloo through `launch --hosts`), against two independent 1-worker runs at once, one per node, that
-never communicate; then the exchange of the gradient set timed alone on the two nodes (exchange_cost.py), and the
-bound its cost puts on the 2-node figure.
+never communicate; then the exchange of the gradient set timed alone on the two nodes (`hpctrain bench
+allreduce`), and the bound its cost puts on the 2-node figure.
 """
 import argparse
 import json
@@ -119,22 +119,26 @@ def throughput(cluster, tmp, args):
     exchange_bound(cluster, job, env, step=spec.load(job).train.batch_size / (ceiling / 2))
 
 
-def exchange_bound(cluster, job, env, step):
-    """What the exchange of the gradient set alone costs on the two nodes (benchmarks/exchange_cost.py, mpirun
-    over TCP), and the bound it puts on 2-node throughput: step / (step + cost), with none of the exchange's
-    wall time hidden behind compute, and with all of it hidden but its CPU time (each node has one core)."""
-    from hpctrain.launch import local
-    from hpctrain.launch.hosts import Placement
-
-    where = Placement(("node1", "node2"), {}, cluster.interface)
-    worker = [sys.executable, str(ROOT / "benchmarks" / "exchange_cost.py"), str(job)]
-    proc = cluster.on("node1", *local.mpirun_command(2, worker, env, where), env=env, timeout=600)
+def on_node1(cluster, env, *argv):
+    """hpctrain ARGV run on node1 -> its output; a failure ends the benchmark."""
+    proc = cluster.on("node1", HPCTRAIN, *map(str, argv), env=env, timeout=1800)
     if proc.returncode:
-        raise SystemExit(f"the exchange run failed: {proc.stderr[-2000:]}")
-    cost = json.loads(proc.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"hpctrain {' '.join(map(str, argv[:2]))} failed: {proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def exchange_bound(cluster, job, env, step):
+    """What the exchange of the gradient set alone costs on the two nodes (`hpctrain bench allreduce` over
+    mpirun, TCP), and the bound it puts on 2-node throughput: step / (step + cost), with none of the exchange's
+    wall time hidden behind compute, and with all of it hidden but its CPU time (each node has one core)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "allreduce.json"
+        on_node1(cluster, env, "bench", "allreduce", job, "--backend", "horovod", "--hosts", "node1:1,node2:1",
+                 "--launcher", "mpirun", "-b", "4", "-e", "4", "--repeats", 8, "-o", out)
+        cost = json.loads(out.read_text())["gradient_set"]
     print(f"\nexchange of the gradient set alone ({cost['bytes'] / 1e6:.1f} MB, 2 nodes, mpirun): "
-          f"{1e3 * cost['wall_s']:.1f} ms wall, {1e3 * cost['cpu_s']:.1f} ms CPU per step; 1-worker step "
-          f"{1e3 * step:.0f} ms -> 2-node bound {100 * step / (step + cost['wall_s']):.1f} % (no overlap) to "
+          f"{1e3 * cost['time_s']:.1f} ms wall, {1e3 * cost['cpu_s']:.1f} ms CPU per step; 1-worker step "
+          f"{1e3 * step:.0f} ms -> 2-node bound {100 * step / (step + cost['time_s']):.1f} % (no overlap) to "
           f"{100 * step / (step + cost['cpu_s']):.1f} % (all but the CPU time hidden) of side by side")
 
 

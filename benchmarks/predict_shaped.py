@@ -14,22 +14,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from faults_multinode import env_of
+from faults_multinode import env_of, on_node1
 
-from common import HPCTRAIN, ROOT, pack_mnist
+from common import ROOT, pack_mnist
 
 sys.path.insert(0, str(ROOT / "tests"))
 from hpctrain import spec  # noqa: E402
 from node_cluster import NodeCluster  # noqa: E402
 
 HOSTS = ["--hosts", "node1:1,node2:1"]
-
-
-def on_node1(cluster, env, *argv):
-    proc = cluster.on("node1", HPCTRAIN, *map(str, argv), env=env, timeout=1800)
-    if proc.returncode:
-        raise SystemExit(f"hpctrain {' '.join(map(str, argv[:2]))} failed: {proc.stderr[-2000:]}")
-    return proc.stdout
 
 
 def case(cluster, env, tmp, job, rate, compression, network, round_):

@@ -21,6 +21,15 @@ def unet_job(tmp_path, isbi_h5):
 
 
 @pytest.mark.fast
+def test_worker_counts_are_sorted_once_and_positive():
+    assert sweep.parse_counts("64,8,8") == [8, 64]
+    for bad, why in (("0,8", "needs positive"), ("-1", "needs positive"), ("", "needs positive"),
+                     ("8,x", "takes worker counts"), ("1.5", "takes worker counts")):
+        with pytest.raises(UserError, match=f"^--predict {why}"):
+            sweep.parse_counts(bad, "--predict")
+
+
+@pytest.mark.fast
 @pytest.mark.parametrize("text,folds", [("0-4", [0, 1, 2, 3, 4]), ("0,2,3", [0, 2, 3]), ("3", [3]),
                                         ("1-2,4", [1, 2, 4])])
 def test_folds_are_ranges_or_lists(text, folds):

@@ -35,12 +35,12 @@ def test_fit_recovers_latency_and_bandwidth():
 
 
 def test_table_names_the_reference_and_its_share():
-    row = bench._row(1 << 20, 32, [0.002, 0.001, 0.003], 2, reference=[0.001])
+    row = bench._row(1 << 20, 32, [(0.002, 0.001), (0.001, 0.0), (0.003, 0.004)], 2, reference=[(0.001, 0.001)])
     result = {"collective": "Horovod over MPI", "workers": 2, "processes": 2, "repeats": 3, "rows": [row],
               "reference": "mpi4py Allreduce", "fit": None}
     text = bench.table(result)
     assert "| 1M | 32 | 2000.0 | 0.524 | 0.524 | 1000.0 | 1.049 | 0.50 |" in text
-    assert row["time_s_range"] == [0.001, 0.003]
+    assert row["time_s_range"] == [0.001, 0.003] and row["cpu_s"] == 0.001
 
 
 def test_network_specs():
@@ -50,34 +50,36 @@ def test_network_specs():
     for bad in ("100", "100Gbit/s", "fast,2us", "100Gbit/s,2 parsecs", "0Gbit/s,1us", None):
         with pytest.raises(UserError, match="network"):
             predict.parse_network(bad)
-    assert predict.parse_counts("64,8,8") == [8, 64]
-    for bad in ("0,8", "-1", "8,x", "", "1.5"):
-        with pytest.raises(UserError, match="positive worker counts"):
-            predict.parse_counts(bad)
 
 
 def test_measured_network_takes_the_latency_of_the_reference_and_the_overhead_beyond_it(tmp_path):
-    result = {"collective": "Horovod over MPI", "workers": 2, "rows": [{}, {}],
+    result = {"collective": "Horovod over MPI", "workers": 2, "rows": [{}, {}], "exchange": {"bytes_per_value": 4},
               "fit": {"latency_s": 2.0e-3, "busbw_GBps": 1.5}, "reference_fit": {"latency_s": 4e-6, "busbw_GBps": 2}}
     path = tmp_path / "ar.json"
-    path.write_text(json.dumps(result))
-    network, overhead = predict.measured(path)
+
+    def bench(**changes):
+        path.write_text(json.dumps({**result, **changes}))
+        return predict.Bench.load(path)
+
+    network, overhead = bench().network()
     assert network.latency == pytest.approx(2e-6) and network.bandwidth == 1.5e9  # 4 us over 2 ring steps
     assert overhead == pytest.approx(2.0e-3 - 4e-6)
-    path.write_text(json.dumps({**result, "reference_fit": None}))
-    network, overhead = predict.measured(path)
+    network, overhead = bench(reference_fit=None).network()
     assert network.latency == pytest.approx(1e-3) and overhead == 0  # no reference: all of it per ring step
-    grads = {"tensors": 8, "bytes": 1_000_000, "time_s": 2.0e-3 + 1e-3}  # 1 MB in 1 ms beyond the latency
-    path.write_text(json.dumps({**result, "gradient_set": grads}))
-    assert predict.measured(path, 1_000_000)[0].bandwidth == pytest.approx(1e9)  # the job's own exchange
-    assert predict.measured(path, 2_000_000)[0].bandwidth == 1.5e9  # another model: the fit
+    grads = {"tensors": 8, "values": 250_000, "bytes": 1_000_000, "time_s": 2.0e-3 + 1e-3}  # 1 MB in 1 ms
+    assert bench(gradient_set=grads).network(250_000)[0].bandwidth == pytest.approx(1e9)  # the job's own exchange
+    assert bench(gradient_set=grads).network(500_000)[0].bandwidth == 1.5e9  # another model: the fit
+    fp16 = bench(gradient_set=grads, exchange={"bytes_per_value": 2})  # 1 MB of float32 sent as 0.5 MB
+    assert fp16.network(250_000)[0].bandwidth == pytest.approx(0.5e9) and fp16.network()[0].bandwidth == 0.75e9
     path.write_text("{}")
     with pytest.raises(UserError, match="not a result of hpctrain bench allreduce"):
-        predict.measured(path)
-    with pytest.raises(UserError, match="not a result of hpctrain bench allreduce"):
-        predict.Request((8,), allreduce=str(path))
+        predict.Bench.load(path)
+    with pytest.raises(UserError, match="does not exist"):
+        predict.Bench.load(tmp_path / "none.json")
     with pytest.raises(UserError, match="needs the network"):
         predict.Request((8,))
+    with pytest.raises(UserError, match="needs --node-network"):
+        predict.Request((8,), network=network, workers_per_node=4)
 
 
 def test_ring_model_terms():

@@ -123,11 +123,13 @@ def _prediction(args):
         if getattr(args, "network", None) or getattr(args, "allreduce", None):
             raise UserError("--network and --allreduce go with --predict N,N,...")
         return None
+    from hpctrain.launch import sweep
     from hpctrain.report import predict
 
     node = predict.parse_network(args.node_network) if args.node_network else None
-    return predict.Request(tuple(predict.parse_counts(args.predict)),
-                           predict.parse_network(args.network) if args.network else None, args.allreduce,
+    return predict.Request(tuple(sweep.parse_counts(args.predict, "--predict")),
+                           predict.parse_network(args.network) if args.network else None,
+                           predict.Bench.load(args.allreduce) if args.allreduce else None,
                            args.workers_per_node, node)
 
 

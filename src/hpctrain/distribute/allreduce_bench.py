@@ -16,9 +16,10 @@ import time
 import numpy as np
 
 from hpctrain import compat
+from hpctrain.distribute.backends import GRADIENT_BYTES
 from hpctrain.errors import UserError
 
-MIN_BYTES, MAX_BYTES, FACTOR = 4, 256 << 20, 2
+MIN_BYTES, MAX_BYTES, FACTOR = GRADIENT_BYTES, 256 << 20, 2
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -38,7 +39,7 @@ def sizes(lo=MIN_BYTES, hi=MAX_BYTES, factor=FACTOR):
         raise UserError(f"the size factor must be at least 2, not {factor}")
     out, size = [], lo
     while size <= hi:
-        out.append(max(4, size - size % 4))
+        out.append(max(GRADIENT_BYTES, size - size % GRADIENT_BYTES))
         size *= factor
     return out
 
@@ -59,16 +60,18 @@ def _call(total, tensors):
 
 
 def _blocks(call, iters, repeats, backend):
-    """Seconds per call of each block, the slowest rank's."""
+    """(wall, CPU) seconds per call of each block, the slowest rank's (the CPU seconds are what the call takes
+    from the process's cores, that training could compute with)."""
     for _ in range(2):
         call()
     times = []
     for _ in range(repeats):
         backend.barrier()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(iters):
             call()
-        times.append(backend.allreduce((time.perf_counter() - start) / iters, "max"))
+        times.append((backend.allreduce((time.perf_counter() - start) / iters, "max"),
+                      backend.allreduce((time.process_time() - cpu) / iters, "max")))
     return times
 
 
@@ -83,19 +86,23 @@ def _mpi_reference(backend):
         return None
 
     def reference(nbytes):
-        send, recv = np.ones(nbytes // 4, np.float32), np.empty(nbytes // 4, np.float32)
+        send, recv = np.ones(nbytes // GRADIENT_BYTES, np.float32), np.empty(nbytes // GRADIENT_BYTES, np.float32)
         return lambda: comm.Allreduce(send, recv, op=MPI.SUM)
 
     return reference
 
 
-def _row(nbytes, iters, times, n, reference=None):
+def _row(nbytes, iters, blocks, n, reference=None):
+    """The row of one size from its blocks' (wall, CPU) seconds per call, and the reference's."""
+    times = [wall for wall, _ in blocks]
     t = statistics.median(times)
     row = {"bytes": nbytes, "iterations": iters, "time_s": t, "time_s_range": [min(times), max(times)],
+           "cpu_s": statistics.median(cpu for _, cpu in blocks),
            "algbw_GBps": nbytes / t / 1e9, "busbw_GBps": nbytes / t / 1e9 * bus_factor(n)}
     if reference:
-        r = statistics.median(reference)
-        row["reference"] = {"time_s": r, "time_s_range": [min(reference), max(reference)],
+        ref = [wall for wall, _ in reference]
+        r = statistics.median(ref)
+        row["reference"] = {"time_s": r, "time_s_range": [min(ref), max(ref)],
                             "busbw_GBps": nbytes / r / 1e9 * bus_factor(n)}
     return row
 
@@ -110,7 +117,7 @@ def run(backend, message_sizes, repeats=3, gradient_shapes=None):
     reference = _mpi_reference(backend)
     rows = []
     for nbytes in message_sizes:
-        x = [tf.ones([nbytes // 4], tf.float32)]
+        x = [tf.ones([nbytes // GRADIENT_BYTES], tf.float32)]
         ours_call = _call(total, x)
         ref_call = reference(nbytes) if reference else None
         iters = iterations(nbytes)
@@ -127,9 +134,11 @@ def run(backend, message_sizes, repeats=3, gradient_shapes=None):
               if reference else None}
     if gradient_shapes:
         grads = [tf.ones(shape, tf.float32) for shape in gradient_shapes]
-        nbytes = 4 * sum(math.prod(shape) for shape in gradient_shapes)
-        times = _blocks(_call(total, grads), max(3, iterations(nbytes)), repeats, backend)
-        result["gradient_set"] = {"tensors": len(grads), **_row(nbytes, max(3, iterations(nbytes)), times, n)}
+        values = sum(math.prod(shape) for shape in gradient_shapes)
+        iters = max(3, iterations(GRADIENT_BYTES * values))
+        times = _blocks(_call(total, grads), iters, repeats, backend)
+        result["gradient_set"] = {"tensors": len(grads), "values": values,
+                                  **_row(GRADIENT_BYTES * values, iters, times, n)}
     return result
 
 
@@ -174,7 +183,7 @@ def table(result):
     if result.get("gradient_set"):
         g = result["gradient_set"]
         lines.append(f"gradient set: the job's model, {g['tensors']} tensors, {g['bytes'] / 1e6:.1f} MB, exchanged "
-                     "as training exchanges it")
+                     f"as training exchanges it; {1e6 * g['cpu_s']:.1f} us of CPU per exchange")
     if result["fit"]:
         f = result["fit"]
         lines.append(f"fit: time = {1e6 * f['latency_s']:.1f} us + bytes / {f['algbw_GBps']:.3f} GB/s "

@@ -27,6 +27,8 @@ from hpctrain.distribute import network
 from hpctrain.errors import UserError, one_of
 from hpctrain.registry import Registry
 
+GRADIENT_BYTES = 4  # per gradient value: float32 (the variables are float32 under every precision policy)
+
 BACKENDS = Registry("backend")
 
 
@@ -183,7 +185,7 @@ class Backend:
         pass
 
     mpi_job = False  # its processes are one MPI job (mpi4py's COMM_WORLD holds them all)
-    compressions = {"none": 4}  # distribute.compression: bytes per gradient value on the wire
+    compressions = {"none": GRADIENT_BYTES}  # distribute.compression: bytes per gradient value on the wire
     writes_timeline = False  # distribute.timeline: a trace of its exchanges (start_timeline)
 
     def start_timeline(self, path):
@@ -195,7 +197,9 @@ class Backend:
     def exchange(self):
         """The gradient exchange, for timing.json and the scaling model: its collective and the bytes it fuses
         into one message (None: all gradients in one; 0: one message per gradient)."""
-        return {"collective": "none", "fusion_bytes": None, "bytes_per_value": 4}
+        return {"collective": "none", "fusion_bytes": None, "bytes_per_value": self.bytes_per_value}
+
+    bytes_per_value = property(lambda self: self.compressions[self.spec.compression])  # on the wire
 
     def collective(self):
         """total(tensors) -> their sums over all replicas (replica 0's copy), through the collective of the
@@ -270,7 +274,7 @@ class HorovodBackend(Backend):
 
     # fp16 halves the bytes; a gradient beyond fp16's range becomes inf, and the run stops at the NaN loss
     # that follows. Horovod 0.28's allreduce has no bfloat16, so bf16 is not offered.
-    compressions = {"none": 4, "fp16": 2}
+    compressions = {"none": GRADIENT_BYTES, "fp16": 2}
 
     def _compression(self):
         import horovod.tensorflow as hvd_tf
@@ -314,7 +318,7 @@ class HorovodBackend(Backend):
         over = "NCCL" if gpu and self.hvd.nccl_built() else "MPI" if self.hvd.mpi_enabled() else "Gloo"
         fusion = int(os.environ.get("HOROVOD_FUSION_THRESHOLD", self.FUSION_BYTES))
         return {"collective": f"Horovod over {over}", "fusion_bytes": fusion,  # 0: none fused
-                "compression": self.spec.compression, "bytes_per_value": self.compressions[self.spec.compression],
+                "compression": self.spec.compression, "bytes_per_value": self.bytes_per_value,
                 "cycle_time_ms": float(os.environ["HOROVOD_CYCLE_TIME"])}
 
     def collective(self):
@@ -372,7 +376,7 @@ class _TFDistributeBackend(Backend):
     collective_name: str  # the strategy and its all-reduce, as setup chose them
 
     def exchange(self):  # every gradient in one pack (CommunicationOptions' bytes_per_pack 0)
-        return {"collective": self.collective_name, "fusion_bytes": None, "bytes_per_value": 4}
+        return {"collective": self.collective_name, "fusion_bytes": None, "bytes_per_value": self.bytes_per_value}
 
     def collective(self):
         tf, strategy = compat.tf(), self.strategy

@@ -24,11 +24,11 @@ import re
 from dataclasses import dataclass
 
 from hpctrain.distribute.allreduce_bench import bus_factor
+from hpctrain.distribute.backends import GRADIENT_BYTES
 from hpctrain.errors import UserError
 
 _RATE = {"gbit/s": 1e9 / 8, "mbit/s": 1e6 / 8, "gb/s": 1e9, "mb/s": 1e6}
 _TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
-GRADIENT_BYTES = 4  # float32 gradients (float32 variables under every precision policy), unless compressed
 
 
 @dataclass(frozen=True)
@@ -56,39 +56,43 @@ def parse_network(text):
     return Network(latency, rate, text.strip())
 
 
-def measured(path, gradient_bytes=None):
-    """(Network, overhead seconds per message) of a `hpctrain bench allreduce -o FILE` result. When its job's
-    gradient set has `gradient_bytes`, the bandwidth is the one that exchange reached (the tensors and fusion
-    training exchanges); otherwise the fit's over the message sizes."""
-    try:
-        result = json.loads(open(path).read())
-        fit, reference, n = result["fit"], result.get("reference_fit"), result["workers"]
-    except FileNotFoundError:
-        raise UserError(f"allreduce result {path} does not exist") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a result of hpctrain bench allreduce -o: {e}") from None
-    if not fit or n < 2:
-        raise UserError(f"{path}: the benchmark ran on {n} worker(s) and {len(result.get('rows', []))} sizes; the "
-                        "network needs 2 workers and 2 sizes at least")
-    base = reference or fit
-    bandwidth, what = fit["busbw_GBps"] * 1e9, "fit over the sizes"
-    grads = result.get("gradient_set")
-    if grads and grads["bytes"] == gradient_bytes and grads["time_s"] > fit["latency_s"]:
-        bandwidth = bus_factor(n) * grads["bytes"] / (grads["time_s"] - fit["latency_s"])
-        what = "bandwidth of the job's gradient set"
-    source = f"measured: {path} ({result['collective']}, {n} workers; {what})"
-    return Network(base["latency_s"] / (2 * (n - 1)), bandwidth, source), max(0.0, fit["latency_s"] - base["latency_s"])
+@dataclass(frozen=True)
+class Bench:
+    """A `hpctrain bench allreduce -o FILE` result: the network it measured and the backend's overhead."""
+    path: str
+    result: dict
 
+    @classmethod
+    def load(cls, path):
+        try:
+            result = json.loads(open(path).read())
+            fit, n = result["fit"], result["workers"]
+            result["exchange"]["bytes_per_value"]
+        except FileNotFoundError:
+            raise UserError(f"allreduce result {path} does not exist") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{path} is not a result of hpctrain bench allreduce -o: {e}") from None
+        if not fit or n < 2:
+            raise UserError(f"{path}: the benchmark ran on {n} worker(s) and {len(result.get('rows', []))} sizes; "
+                            "the network needs 2 workers and 2 sizes at least")
+        return cls(str(path), result)
 
-def parse_counts(text):
-    """'8,64,512' -> [8, 64, 512]."""
-    try:
-        counts = [int(part) for part in text.split(",")]
-    except (AttributeError, ValueError):
-        counts = []
-    if not counts or min(counts) < 1:
-        raise UserError(f"--predict {text!r}: expected positive worker counts such as 8,64,512")
-    return sorted(set(counts))
+    def network(self, parameters=None):
+        """(Network, overhead seconds per message). When the job's gradient set has `parameters` values, the
+        bandwidth is the one that exchange reached (the tensors and fusion training exchanges); otherwise the
+        fit's over the message sizes. Bandwidths are of the bytes on the wire (the bench's float32 payload
+        under its compression)."""
+        result = self.result
+        fit, n, grads = result["fit"], result["workers"], result.get("gradient_set")
+        base = result.get("reference_fit") or fit
+        bandwidth, what = fit["busbw_GBps"] * 1e9, "fit over the sizes"
+        if grads and grads.get("values") == parameters and grads["time_s"] > fit["latency_s"]:
+            bandwidth = bus_factor(n) * grads["bytes"] / (grads["time_s"] - fit["latency_s"])
+            what = "bandwidth of the job's gradient set"
+        bandwidth *= result["exchange"]["bytes_per_value"] / GRADIENT_BYTES
+        source = f"measured: {self.path} ({result['collective']}, {n} workers; {what})"
+        return (Network(base["latency_s"] / (2 * (n - 1)), bandwidth, source),
+                max(0.0, fit["latency_s"] - base["latency_s"]))
 
 
 @dataclass(frozen=True)
@@ -104,13 +108,9 @@ class Model:
 
     @classmethod
     def of_run(cls, timing, network, overhead=0.0, workers_per_node=1, node_network=None):
-        """The model of a 1-worker run's Timing."""
-        if timing.world_size != 1 or not timing.throughput:
-            raise UserError(f"{timing.job}: the 1-worker run measured no training step")
-        if workers_per_node > 1 and node_network is None:
-            raise UserError("--workers-per-node above 1 needs --node-network (the network inside a node)")
+        """The model of a 1-worker run's Timing (one that measured its steps)."""
         exchange = timing.environment.get("exchange") or {}
-        nbytes = exchange.get("bytes_per_value", GRADIENT_BYTES) * timing.parameters
+        nbytes = exchange.get("bytes_per_value", GRADIENT_BYTES) * timing.parameters  # older runs: float32
         fusion = exchange.get("fusion_bytes")
         if fusion == 0:  # every gradient its own message
             messages = timing.gradient_tensors or 1
@@ -149,27 +149,27 @@ class Request:
     by a `bench allreduce` result (`allreduce`; with a given network, only its overhead is taken)."""
     counts: tuple
     network: Network | None = None
-    allreduce: str | None = None
+    allreduce: Bench | None = None
     workers_per_node: int = 1
     node_network: Network | None = None
 
     def __post_init__(self):
         if self.network is None and self.allreduce is None:
             raise UserError("--predict needs the network: --network BANDWIDTH,LATENCY, --allreduce FILE, or both")
-        if self.allreduce is not None:
-            measured(self.allreduce)  # a file that does not parse fails now, before any run
         if self.workers_per_node < 1:
             raise UserError(f"--workers-per-node must be at least 1, not {self.workers_per_node}")
+        if self.workers_per_node > 1 and self.node_network is None:
+            raise UserError("--workers-per-node above 1 needs --node-network (the network inside a node)")
 
 
 def for_group(timings, rows, request):
     """The prediction of a report group (its runs' Timings, its table rows): {"model", "rows"}."""
-    single = [t for t in timings if t.world_size == 1]
+    single = [t for t in timings if t.world_size == 1 and t.throughput]
     if not single:
         raise UserError("--predict needs a finished 1-worker run among the runs (its step time)")
     network, overhead = request.network, 0.0
     if request.allreduce is not None:
-        found, overhead = measured(request.allreduce, GRADIENT_BYTES * single[0].parameters)
+        found, overhead = request.allreduce.network(single[0].parameters)
         network = network or found
     model = Model.of_run(single[0], network, overhead, request.workers_per_node, request.node_network)
     return {"model": model.describe(), "rows": prediction(rows, model, request.counts)}
