@@ -120,3 +120,20 @@ def test_report_predicts_from_the_one_worker_run_with_its_fusion(tmp_path):
     assert "Predicted (weak scaling)" in text and "| 64 |" in text
     with pytest.raises(UserError, match="needs a finished 1-worker run"):
         scaling.build(runs[1:], request)
+
+
+def test_report_plots_the_bench_curve_beside_its_reference(tmp_path):
+    rows = [{"bytes": b, "busbw_GBps": b / 1e6, "reference": {"busbw_GBps": 2 * b / 1e6}} for b in (1 << 10, 1 << 20)]
+    path = tmp_path / "ar.json"
+    path.write_text(json.dumps({"collective": "Horovod over MPI", "workers": 2, "rows": rows, "reference": "mpi4py",
+                                "exchange": {"bytes_per_value": 4}, "fit": {"latency_s": 1e-3, "busbw_GBps": 1.0},
+                                "gradient_set": {"values": 10, "bytes": 40, "busbw_GBps": 0.01, "time_s": 2e-3}}))
+    runs = [timing_run(tmp_path, n, tp, throughput={"samples_per_s": tp, "step_time_median": 8 * n / tp})
+            for n, tp in ((1, 80.0), (2, 150.0))]
+    report = scaling.write(runs, tmp_path / "report", predict=predict.Request((4,), allreduce=predict.Bench.load(path)))
+    [group] = json.loads((tmp_path / "report" / "report.json").read_text())
+    curve = group["prediction"]["allreduce"]
+    assert [r["reference_busbw_GBps"] for r in curve["rows"]] == [2 * 1024 / 1e6, 2 * 1048576 / 1e6]
+    assert curve["gradient_set"] == {"bytes": 40, "busbw_GBps": 0.01}
+    [png] = (tmp_path / "report").glob("*-allreduce.png")
+    assert f"({png.name})" in report.read_text() and png.stat().st_size > 1000

@@ -1,5 +1,6 @@
-"""Scaling plots: throughput against workers with the ideal line, parallel efficiency, and the target
-metric against training time."""
+"""Scaling plots: throughput against workers with the ideal line (and the predicted curve), parallel
+efficiency, where a step's time goes, the allreduce's bus bandwidth, and the target metric against training
+time."""
 import itertools
 
 from hpctrain.atomic import atomic_output
@@ -70,6 +71,28 @@ def plot_breakdown(group, png):
         ax.plot(*zip(*runs), "k_", markersize=30, label="the run's step")
     ax.set(xlabel="workers", ylabel="ms per step", title=f"{group['job']} ({group['backend']})")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, png)
+    plt.close(fig)
+
+
+def plot_allreduce(curve, png):
+    """Bus bandwidth against message size (log-log) of a `bench allreduce` result (predict.Bench.curve): the
+    backend's collective, the plain MPI reference where it ran, the job's gradient set as a point."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    sizes = [r["bytes"] for r in curve["rows"]]
+    ax.plot(sizes, [r["busbw_GBps"] for r in curve["rows"]], "o-", markersize=3, label=curve["collective"])
+    if curve["reference"]:
+        ax.plot(sizes, [r["reference_busbw_GBps"] for r in curve["rows"]], "s--", markersize=3,
+                label=curve["reference"])
+    if curve["gradient_set"]:
+        g = curve["gradient_set"]
+        ax.plot([g["bytes"]], [g["busbw_GBps"]], "k*", markersize=10, label="the job's gradient set")
+    ax.set(xscale="log", yscale="log", xlabel="message bytes", ylabel="bus bandwidth (GB/s)",
+           title=f"allreduce, {curve['workers']} workers")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, png)
     plt.close(fig)

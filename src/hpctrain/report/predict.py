@@ -77,6 +77,17 @@ class Bench:
                             "the network needs 2 workers and 2 sizes at least")
         return cls(str(path), result)
 
+    def curve(self):
+        """The bus bandwidth against message size, the backend's and the plain MPI reference's (the report's
+        allreduce plot)."""
+        r = self.result
+        return {"collective": r["collective"], "workers": r["workers"], "reference": r.get("reference"),
+                "rows": [{"bytes": row["bytes"], "busbw_GBps": row["busbw_GBps"],
+                          "reference_busbw_GBps": (row.get("reference") or {}).get("busbw_GBps")}
+                         for row in r["rows"]],
+                "gradient_set": {k: r["gradient_set"][k] for k in ("bytes", "busbw_GBps")}
+                if r.get("gradient_set") else None}
+
     def network(self, parameters=None):
         """(Network, overhead seconds per message). When the job's gradient set has `parameters` values, the
         bandwidth is the one that exchange reached (the tensors and fusion training exchanges); otherwise the
@@ -172,7 +183,8 @@ def for_group(timings, rows, request):
         found, overhead = request.allreduce.network(single[0].parameters)
         network = network or found
     model = Model.of_run(single[0], network, overhead, request.workers_per_node, request.node_network)
-    return {"model": model.describe(), "rows": prediction(rows, model, request.counts)}
+    return {"model": model.describe(), "rows": prediction(rows, model, request.counts),
+            "allreduce": request.allreduce.curve() if request.allreduce else None}
 
 
 def prediction(rows, model, counts):

@@ -201,7 +201,9 @@ def markdown(report):
             lines += ["", predict_mod.markdown(g["prediction"])]
         lines += ["", f"![throughput]({_slug(g)}-throughput.png) ![efficiency]({_slug(g)}-efficiency.png)"
                   + (f" ![{g['target']} against time]({_slug(g)}-target.png)" if g["target"] else "")
-                  + (f" ![where the time goes]({_slug(g)}-breakdown.png)" if measured else ""), ""]
+                  + (f" ![where the time goes]({_slug(g)}-breakdown.png)" if measured else "")
+                  + (f" ![allreduce bus bandwidth]({_slug(g)}-allreduce.png)"
+                     if (g.get("prediction") or {}).get("allreduce") else ""), ""]
     return "\n".join(lines)
 
 
@@ -252,7 +254,7 @@ def missing_runs(run_dirs):
 def write(run_dirs, out, allow_missing=False, predict=None):
     """Builds the report of `run_dirs` into folder `out`; returns the report.md path. With `allow_missing`
     (a report queued after a sweep) runs without timing.json are named in report.md instead of failing it."""
-    from hpctrain.report.plots import plot_breakdown, plot_group, plot_target_curves
+    from hpctrain.report.plots import plot_allreduce, plot_breakdown, plot_group, plot_target_curves
 
     missing = missing_runs(run_dirs) if allow_missing else []
     finished = [d for d in run_dirs if d not in missing]
@@ -263,6 +265,8 @@ def write(run_dirs, out, allow_missing=False, predict=None):
         plot_group(g, out / f"{_slug(g)}-throughput.png", out / f"{_slug(g)}-efficiency.png")
         if any(r["breakdown"] for r in g["rows"]):
             plot_breakdown(g, out / f"{_slug(g)}-breakdown.png")
+        if (g.get("prediction") or {}).get("allreduce"):
+            plot_allreduce(g["prediction"]["allreduce"], out / f"{_slug(g)}-allreduce.png")
         if g["target"]:
             runs = [e["run"] for r in g["rows"] for e in r["repeats"]]
             plot_target_curves(g, {run: RunDir(run).history() for run in runs}, out / f"{_slug(g)}-target.png")
