@@ -86,7 +86,7 @@ def test_report_predicts_on_the_measured_network(tmp_path, mnist_h5, horovod_res
     assert rows[64]["step_s"] > rows[8]["step_s"] > rows[1]["step_s"]
     assert "Predicted (weak scaling)" in proc.stdout
     curve = predicted["allreduce"]  # the bandwidth curve the report plots, the reference beside it
-    assert len(curve["rows"]) == 2 and all(r["busbw_GBps"] > 0 and r["reference_busbw_GBps"] > 0 for r in curve["rows"])
+    assert len(curve["rows"]) == 3 and all(r["busbw_GBps"] > 0 and r["reference_busbw_GBps"] > 0 for r in curve["rows"])
     assert "allreduce.png)" in (tmp_path / "sweep" / "report" / "report.md").read_text()
     assert list((tmp_path / "sweep" / "report").glob("*-allreduce.png"))
 
