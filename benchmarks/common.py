@@ -7,6 +7,14 @@ sys.path.insert(0, str(ROOT / "src"))
 HPCTRAIN = str(Path(sys.executable).parent / "hpctrain")
 
 
+def write_job(path, **sections):
+    """A job spec file (hpctrain.spec.write) with the step-time breakdown off unless `train` sets
+    breakdown_steps: its calls after the last step lengthen every run and change no figure but its own."""
+    from hpctrain import spec
+
+    return spec.write(path, **{**sections, "train": {"breakdown_steps": 0, **sections.get("train", {})}})
+
+
 def pack_isbi(folder):
     from hpctrain.data import isbi
 

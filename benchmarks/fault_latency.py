@@ -14,9 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from hpctrain import spec
-
-from common import HPCTRAIN, pack_mnist
+from common import HPCTRAIN, pack_mnist, write_job
 
 
 def rank_of(proc):
@@ -35,9 +33,9 @@ def rank_of(proc):
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         data = pack_mnist(tmp)
-        job = spec.write(Path(tmp) / "job.toml", name="kill", data={"path": str(data), "split": "holdout"},
-                         model={"name": "lenet5"}, train={"batch_size": 16, "epochs": 1000, "validation": False},
-                         output={"dir": f"{tmp}/run", "tensorboard": False})
+        job = write_job(Path(tmp) / "job.toml", name="kill", data={"path": str(data), "split": "holdout"},
+                        model={"name": "lenet5"}, train={"batch_size": 16, "epochs": 1000, "validation": False},
+                        output={"dir": f"{tmp}/run", "tensorboard": False})
         print("| backend | launcher | kill -> job end (s) | exit code |\n|---|---|---:|---:|")
         for backend, launcher in (("horovod", "mpirun"), ("horovod", "horovodrun"), ("multiworker", "local")):
             proc = subprocess.Popen([HPCTRAIN, "launch", "-n", "2", str(job), "--backend", backend, "--launcher",

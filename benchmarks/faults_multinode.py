@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import HPCTRAIN, ROOT, pack_mnist
+from common import HPCTRAIN, ROOT, pack_mnist, write_job
 
 sys.path.insert(0, str(ROOT / "tests"))
 from hpctrain import spec  # noqa: E402
@@ -59,12 +59,12 @@ def faults(cluster, tmp, args):
             runs = []
             for round_ in range(args.repeats):
                 out = Path(tmp) / f"fault-{launcher}-{fault.replace(' ', '-')}-{round_}"
-                job = spec.write(Path(tmp) / "fault.toml", name="fault", data={"path": str(data), "split": "holdout"},
-                                 model={"name": "lenet5"},
-                                 train={"precision": "fp32", "batch_size": 16, "epochs": 1000, "steps_per_epoch": 20,
-                                        "validation": False},
-                                 distribute={"stall_timeout": args.stall_timeout},
-                                 output={"dir": str(out), "tensorboard": False})
+                job = write_job(Path(tmp) / "fault.toml", name="fault", data={"path": str(data), "split": "holdout"},
+                                model={"name": "lenet5"},
+                                train={"precision": "fp32", "batch_size": 16, "epochs": 1000, "steps_per_epoch": 20,
+                                       "validation": False},
+                                distribute={"stall_timeout": args.stall_timeout},
+                                output={"dir": str(out), "tensorboard": False})
                 result = fault_run(cluster, argv_of(launcher, job), env_of(cluster), out, fault)
                 runs.append(result)
                 left = sum(map(len, result.leftovers.values()))

@@ -19,19 +19,17 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from hpctrain import spec
-
-from common import pack_mnist
+from common import pack_mnist, write_job
 
 
 def job_file(folder, steps):
     """The benchmark's job and its MNIST data, both in `folder` (the one folder an image gets bound in)."""
     data = pack_mnist(folder)
-    return spec.write(folder / "job.toml", name="mpi", data={"path": str(data), "split": "holdout"},
-                      model={"name": "mnist_cnn"},
-                      train={"precision": "fp32", "batch_size": 32, "epochs": 1, "steps_per_epoch": steps,
-                             "learning_rate": 1e-3, "deterministic": True},
-                      distribute={"lr_scaling": "none"}, output={"dir": "unused", "tensorboard": False})
+    return write_job(folder / "job.toml", name="mpi", data={"path": str(data), "split": "holdout"},
+                     model={"name": "mnist_cnn"},
+                     train={"precision": "fp32", "batch_size": 32, "epochs": 1, "steps_per_epoch": steps,
+                            "learning_rate": 1e-3, "deterministic": True},
+                     distribute={"lr_scaling": "none"}, output={"dir": "unused", "tensorboard": False})
 
 
 def hpctrain(where, folder):

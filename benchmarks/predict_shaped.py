@@ -16,10 +16,9 @@ from pathlib import Path
 
 from faults_multinode import env_of, on_node1
 
-from common import ROOT, pack_mnist
+from common import ROOT, pack_mnist, write_job
 
 sys.path.insert(0, str(ROOT / "tests"))
-from hpctrain import spec  # noqa: E402
 from node_cluster import NodeCluster  # noqa: E402
 
 HOSTS = ["--hosts", "node1:1,node2:1"]
@@ -57,11 +56,11 @@ def main():
         env = env_of(cluster)
         with tempfile.TemporaryDirectory() as tmp:
             data = pack_mnist(tmp)
-            job = spec.write(Path(tmp) / "cnn.toml", name="cnn", data={"path": str(data), "split": "holdout"},
-                             model={"name": "mnist_cnn"},
-                             train={"precision": "fp32", "batch_size": 64, "epochs": 1, "steps_per_epoch": args.steps,
-                                    "validation": False, "warmup_steps": 5, "breakdown_steps": 5},
-                             distribute={"lr_scaling": "none"}, output={"dir": "unused", "tensorboard": False})
+            job = write_job(Path(tmp) / "cnn.toml", name="cnn", data={"path": str(data), "split": "holdout"},
+                            model={"name": "mnist_cnn"},
+                            train={"precision": "fp32", "batch_size": 64, "epochs": 1, "steps_per_epoch": args.steps,
+                                   "validation": False, "warmup_steps": 5, "breakdown_steps": 5},
+                            distribute={"lr_scaling": "none"}, output={"dir": "unused", "tensorboard": False})
             for rate in args.rates.split(","):
                 for node in cluster.nodes:
                     cluster.shape(node, rate)

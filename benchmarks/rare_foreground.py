@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hpctrain import spec
 from hpctrain.tasks import SEGMENTATION
 
-from common import HPCTRAIN
+from common import HPCTRAIN, write_job
 
 
 def write_slices(folder, count, size, seed=0):
@@ -63,11 +62,11 @@ def main():
             dice, background = [], []
             for seed in range(args.seeds):
                 run = tmp / f"{loss.replace('+', '_')}-{seed}"
-                job = spec.write(tmp / "job.toml", name=run.name, data={"path": str(data), "split": "holdout"},
-                                 model={"name": "unet", "unet": {"depth": 4, "filters": 16, "dropout": 0.0}},
-                                 train={"learning_rate": 1e-3, "batch_size": 4, "epochs": args.epochs,
-                                        "loss": loss, "seed": seed, "validation": False},
-                                 output={"dir": str(run)})
+                job = write_job(tmp / "job.toml", name=run.name, data={"path": str(data), "split": "holdout"},
+                                model={"name": "unet", "unet": {"depth": 4, "filters": 16, "dropout": 0.0}},
+                                train={"learning_rate": 1e-3, "batch_size": 4, "epochs": args.epochs,
+                                       "loss": loss, "seed": seed, "validation": False},
+                                output={"dir": str(run)})
                 _hpctrain("train", job)
                 _hpctrain("evaluate", run, "--json", run / "scores.json")
                 scores = json.loads((run / "scores.json").read_text())

@@ -20,11 +20,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hpctrain import spec
 from hpctrain.distribute import backends
 from hpctrain.launch import local as launch
 
-from common import pack_mnist
+from common import pack_mnist, write_job
 
 PLAIN_DEFAULTS = {"OMPI_MCA_mpi_yield_when_idle": "0", "HOROVOD_CYCLE_TIME": "1"}
 SIDE_BY_SIDE = "side by side (2 x 1 worker)"
@@ -48,10 +47,10 @@ def job_file(tmp, model, data, steps):
     else:
         sections = dict(data={"path": str(data), "split": "holdout"}, model={"name": "mnist_cnn"}, batch=64)
     batch = sections.pop("batch")
-    return spec.write(Path(tmp) / f"{model}.toml", name=f"bench_{model}", **sections,
-                      train={"precision": "fp32", "batch_size": batch, "epochs": 1, "steps_per_epoch": steps,
-                             "validation": False, "warmup_steps": 5},
-                      distribute={"lr_scaling": "none"}, output={"dir": "unused", "tensorboard": False})
+    return write_job(Path(tmp) / f"{model}.toml", name=f"bench_{model}", **sections,
+                     train={"precision": "fp32", "batch_size": batch, "epochs": 1, "steps_per_epoch": steps,
+                            "validation": False, "warmup_steps": 5},
+                     distribute={"lr_scaling": "none"}, output={"dir": "unused", "tensorboard": False})
 
 
 def throughput(out):

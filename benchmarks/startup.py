@@ -14,9 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hpctrain import spec
-
-from common import HPCTRAIN, pack_isbi
+from common import HPCTRAIN, pack_isbi, write_job
 
 
 def main():
@@ -25,11 +23,11 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = pack_isbi(tmp)
-        job = spec.write(Path(tmp) / "job.toml", name="startup",
-                         data={"path": str(data), "split": "fold0", "tile": 256},
-                         model={"name": "unet", "unet": {"depth": 4, "filters": 16}},
-                         train={"batch_size": 4, "epochs": 1, "steps_per_epoch": 2, "validation": False},
-                         output={"dir": f"{tmp}/run", "tensorboard": False})
+        job = write_job(Path(tmp) / "job.toml", name="startup",
+                        data={"path": str(data), "split": "fold0", "tile": 256},
+                        model={"name": "unet", "unet": {"depth": 4, "filters": 16}},
+                        train={"batch_size": 4, "epochs": 1, "steps_per_epoch": 2, "validation": False},
+                        output={"dir": f"{tmp}/run", "tensorboard": False})
         print("| backend | launcher | to first step (s) | inside the process (s) |\n|---|---|---:|---:|")
         for backend, launcher in (("horovod", "mpirun"), ("horovod", "horovodrun"), ("multiworker", "local"),
                                   ("mirrored", "local")):

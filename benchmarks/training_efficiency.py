@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import HPCTRAIN, pack_isbi
+from common import HPCTRAIN, pack_isbi, write_job
 
 WARMUP = 5
 
@@ -96,14 +96,13 @@ def hpctrain_fit(filters, tile, batch, steps, precision, tmp):
     data = Path(tmp) / "isbi.h5"
     if not data.exists():
         pack_isbi(tmp)
-    from hpctrain import spec
 
-    job = spec.write(Path(tmp) / "job.toml", name="efficiency",
-                     data={"path": str(data), "split": "all", "tile": tile, "augment": {"enabled": True}},
-                     model={"name": "unet", "unet": {"depth": 5, "filters": filters}},
-                     train={"batch_size": batch, "epochs": 1, "steps_per_epoch": steps, "validation": False,
-                            "warmup_steps": WARMUP, "precision": precision},
-                     output={"dir": f"{tmp}/run"})
+    job = write_job(Path(tmp) / "job.toml", name="efficiency",
+                    data={"path": str(data), "split": "all", "tile": tile, "augment": {"enabled": True}},
+                    model={"name": "unet", "unet": {"depth": 5, "filters": filters}},
+                    train={"batch_size": batch, "epochs": 1, "steps_per_epoch": steps, "validation": False,
+                           "warmup_steps": WARMUP, "precision": precision},
+                    output={"dir": f"{tmp}/run"})
     subprocess.run([HPCTRAIN, "train", str(job), "--force"], check=True, capture_output=True)
     return json.loads((Path(tmp) / "run" / "timing.json").read_text())["throughput"]["samples_per_s"]
 
