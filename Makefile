@@ -7,9 +7,15 @@ export HPCTRAIN_VENV := $(abspath $(VENV))
 setup:
 	./install.sh
 
-# Everything CI runs: the linters, then every test.
+# Everything CI runs: the linters, then every test but the MPICH install (test-install-mpich).
 test: setup lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not install_mpich" $(PYTEST_ARGS)
+
+# The unprivileged install with PyPI's MPICH and its 2-rank training: a second Horovod build from nothing
+# (about 5 min), beside the Open MPI one that make test runs.
+.PHONY: test-install-mpich
+test-install-mpich: setup
+	$(PY) -m pytest -m install_mpich tests/test_install.py $(PYTEST_ARGS)
 
 # Unit tests only (no subprocess, no training): seconds, for every edit.
 test-fast: setup
