@@ -9,9 +9,9 @@ Faults (on node2, once the run has ended an epoch): every process of the node ki
 the node's link set down, its rank stopped with SIGSTOP. Printed: seconds from the fault to the job's end
 (median and range over the rounds), exit code, and whether any process of the job was left on a node.
 Throughput: the U-Net of scaling_cpu.py, Horovod over TCP between the nodes (one core each; mpirun and
-horovodrun --gloo through `launch --hosts`), against two independent 1-worker runs at once, one per node, that
-never communicate; then the exchange of the gradient set timed alone on the two nodes (`hpctrain bench
-allreduce`), and the bound its cost puts on the 2-node figure.
+horovodrun --gloo through `launch --hosts`, those of them in --launchers), against two independent 1-worker
+runs at once, one per node, that never communicate; then the exchange of the gradient set timed alone on
+the two nodes (`hpctrain bench allreduce`), and the bound its cost puts on the 2-node figure.
 """
 import argparse
 import json
@@ -90,8 +90,9 @@ def throughput(cluster, tmp, args):
     job = job_file(tmp, "unet", data, args.steps)
     env = env_of(cluster)
 
-    two = {"2 nodes x 1 worker (horovod mpirun, TCP)": "mpirun",
-           "2 nodes x 1 worker (horovodrun --gloo, TCP)": "horovodrun"}
+    two = {label: launcher for label, launcher in (("2 nodes x 1 worker (horovod mpirun, TCP)", "mpirun"),
+                                                   ("2 nodes x 1 worker (horovodrun --gloo, TCP)", "horovodrun"))
+           if launcher in args.launchers.split(",")}
     results = {**{label: [] for label in two}, "side by side (1 worker on each node)": []}
     for round_ in range(args.repeats):
         out = Path(tmp) / f"tp-{round_}"

@@ -5,6 +5,7 @@ a 1-worker and a 2-node Horovod run (mpirun over TCP, one core per node) train t
 network; printed side by side, with and without fp16 gradient compression.
 
     .venv/bin/python benchmarks/predict_shaped.py [--rates 1gbit,3gbit] [--steps 40] [--repeats 2]
+        [--compressions none,fp16]
 """
 import argparse
 import json
@@ -47,6 +48,7 @@ def main():
     parser.add_argument("--rates", default="1gbit,3gbit", help="tc rates of each node's link, e.g. 1gbit,3gbit")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--compressions", default="none,fp16", help="distribute.compression values to run")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the cluster is torn down on the way out
     cluster = NodeCluster(Path(tempfile.mkdtemp(prefix="hpctrain-nodes-")))
@@ -68,7 +70,7 @@ def main():
                 on_node1(cluster, env, "bench", "allreduce", job, "--backend", "horovod", *HOSTS, "-b", "64K",
                          "-e", "64M", "-f", 4, "--repeats", 2, "-o", network)
                 fit = json.loads(network.read_text())["fit"]
-                for compression in ("none", "fp16"):
+                for compression in args.compressions.split(","):
                     pairs = [case(cluster, env, tmp, job, rate, compression, network, r) for r in range(args.repeats)]
                     errors = [p / m - 1 for p, m in pairs]
                     rows.append((rate, fit["busbw_GBps"] * 8, compression, statistics.median(p for p, _ in pairs),

@@ -2,6 +2,7 @@
 batch, for every backend, U-Net and MNIST CNN. Prints samples/s and efficiency = tp(2) / (2 x tp(1)).
 
     .venv/bin/python benchmarks/scaling_cpu.py [--steps 40] [--repeats 3] [--models unet,cnn]
+        [--backends horovod,multiworker,mirrored]
 
 Each worker is pinned to its own core (HPCTRAIN_CORES_PER_WORKER=1), with one TensorFlow thread. The
 Horovod rows show hpctrain's defaults (Open MPI yield_when_idle=1, HOROVOD_CYCLE_TIME=2) beside plain
@@ -82,7 +83,13 @@ def main():
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="unet,cnn")
+    parser.add_argument("--backends", default="horovod,multiworker,mirrored",
+                        help="the backends to run beside the 1-worker and side-by-side runs")
     args = parser.parse_args()
+    chosen = args.backends.split(",")
+    if unknown := set(chosen) - {backend for _, backend, *_ in CASES}:
+        parser.error(f"unknown backends: {', '.join(sorted(unknown))}")
+    cases = [case for case in CASES if case[1] in ("none", *chosen)]
     from hpctrain.data import synthetic
 
     rows = []
@@ -92,14 +99,14 @@ def main():
         pack_mnist(tmp)
         for model in args.models.split(","):
             job = job_file(tmp, model, data[model], args.steps)
-            runs = {label: [] for label, *_ in CASES}
+            runs = {label: [] for label, *_ in cases}
             for round_ in range(args.repeats):
-                for label, *case in CASES:
+                for label, *case in cases:
                     out = Path(tmp) / "run"
                     runs[label].append(run_case(job, out, label, *case))
                     print(f"{model:5} round {round_ + 1}  {label:34} {runs[label][-1]:8.1f} samples/s", flush=True)
             one, ceiling = statistics.median(runs["1 worker"]), statistics.median(runs[SIDE_BY_SIDE])
-            for label, _, _, workers, _ in CASES:
+            for label, _, _, workers, _ in cases:
                 tp = statistics.median(runs[label])
                 rows.append((model, label, workers, tp, min(runs[label]), max(runs[label]),
                              tp / (workers * one), tp / ceiling if workers == 2 else None))

@@ -206,7 +206,7 @@ class NodeCluster(SlurmCluster):
         self.write_config()
         self._start_munge()
         self._start_daemons()
-        self._wait_idle()
+        self.heal(timeout=30)
 
     def _network(self):
         """Picks the tag and subnets, makes the namespaces, the bridge, the veths and the node files."""
@@ -306,22 +306,24 @@ SlurmdTimeout=30
             self._run(*self.command(name, ["slurmd", "-N", name]))
             self._started.append(self.root / "run" / f"slurmd.{name}.pid")
 
-    def restart_slurmd(self, node, timeout=120):
-        """Starts the node's slurmd again (after kill_node(node, slurmd=True)); waits until the node is idle."""
-        if self.slurmd_pid(node) is None or not _alive(self.slurmd_pid(node)):
-            self._run(*self.command(node, ["slurmd", "-N", node]))
-        self._wait_idle(timeout)
-
-    def _wait_idle(self, timeout=30):
+    def heal(self, timeout=120):
+        """Every node back to IDLE after a fault: a dead slurmd started again, a node that Slurm set DOWN or
+        DRAIN (after a killed slurmd or a cut link) resumed once its slurmd answers; else an error with the logs."""
+        for name in self.nodes:
+            if self.slurmd_pid(name) is None or not _alive(self.slurmd_pid(name)):
+                self._run(*self.command(name, ["slurmd", "-N", name]))
         deadline = time.monotonic() + timeout
         while True:
             out = self.scontrol("show", "node", "-o", check=False).stdout
-            idle = {m.group(1) for m in re.finditer(r"NodeName=(\S+) .*?State=IDLE\b", out)}
-            if idle >= set(self.nodes):
+            states = dict(re.findall(r"NodeName=(\S+) .*?State=(\S+)", out))
+            if all(states.get(name) == "IDLE" for name in self.nodes):
                 return
+            for name, state in states.items():
+                if ("DOWN" in state or "DRAIN" in state) and "NOT_RESPONDING" not in state:
+                    self.scontrol("update", f"NodeName={name}", "State=RESUME", check=False)
             if time.monotonic() > deadline:
-                raise SlurmUnavailable(f"nodes not idle after {timeout} s:\n{out}\n{self.logs()}")
-            time.sleep(0.1)
+                raise SlurmUnavailable(f"nodes not idle after {timeout} s: {states}\n{out}\n{self.logs()}")
+            time.sleep(0.2)
 
     def stop(self):
         """Tears everything down (idempotent): Slurm, every process left in the nodes, links, namespaces, root."""
@@ -435,7 +437,7 @@ def _freeze(cluster, node):
 
 
 FAULTS = {  # "node killed": everything on it, its slurmd too, as when a node crashes
-    "node killed": (lambda c, node: c.kill_node(node, slurmd=True), lambda c, node: c.restart_slurmd(node)),
+    "node killed": (lambda c, node: c.kill_node(node, slurmd=True), lambda c, node: c.heal()),
     "link cut": (lambda c, node: c.set_link(node, False), lambda c, node: c.set_link(node, True)),
     "rank frozen": (_freeze, lambda c, node: _kill_all(c.training_pids(node))),
 }
@@ -483,6 +485,7 @@ def fault_run(cluster, argv, env, run_dir, fault, node="node2", timeout=300, sta
         repair(cluster, node)
         for n in cluster.names:
             cluster.kill_node(n)
+        cluster.heal()  # the next job finds every node in Slurm again
         log.unlink(missing_ok=True)
 
 

@@ -33,9 +33,9 @@ def test_pipeline():
 
 
 def test_scaling_cpu():
-    out = run("scaling_cpu.py", "--models", "cnn", "--steps", 8, "--repeats", 1)
+    out = run("scaling_cpu.py", "--models", "cnn", "--steps", 8, "--repeats", 1, "--backends", "multiworker")
     labels = [row.split("|")[2].strip() for row in rows(out, "cnn")]
-    assert len(labels) == 7 and "horovod mpirun" in labels and "mirrored (2 logical CPUs)" in labels
+    assert labels == ["1 worker", "side by side (2 x 1 worker)", "multiworker (2 processes)"]
 
 
 def test_startup():
@@ -68,7 +68,7 @@ def test_faults_multinode():
               "--steps", 8)
     [fault] = rows(out, "mpirun")
     assert fault.split("|")[5].strip() not in ("0", "None") and fault.endswith("| 0 |")  # failed, nothing left
-    assert len(rows(out, "2 nodes x 1 worker")) == 2 and len(rows(out, "side by side")) == 1
+    assert len(rows(out, "2 nodes x 1 worker")) == 1 and len(rows(out, "side by side")) == 1
     bound = re.search(r"exchange of the gradient set alone \(([\d.]+) MB.*-> 2-node bound ([\d.]+) %", out)
     assert bound and float(bound[1]) > 1 and 0 < float(bound[2]) < 100, out[-1000:]
 
@@ -88,6 +88,6 @@ def test_rare_foreground():
 
 
 def test_predict_shaped():
-    out = run("predict_shaped.py", "--rates", "1gbit", "--steps", 8, "--repeats", 1, timeout=900)
-    assert len(rows(out, "1gbit")) == 2  # without and with fp16 compression
+    out = run("predict_shaped.py", "--rates", "1gbit", "--steps", 8, "--repeats", 1, "--compressions", "fp16")
+    assert len(rows(out, "1gbit")) == 1
     assert re.search(rf"\| 1gbit \| {NUMBER} \| fp16 \| [0-9]+ \| [0-9]+ \| [+-]{NUMBER} %", out)
