@@ -66,8 +66,7 @@ class Bench:
     def load(cls, path):
         try:
             result = json.loads(open(path).read())
-            fit, n = result["fit"], result["workers"]
-            result["exchange"]["bytes_per_value"]
+            fit, n, _ = result["fit"], result["workers"], result["exchange"]["bytes_per_value"]  # all present
         except FileNotFoundError:
             raise UserError(f"allreduce result {path} does not exist") from None
         except (OSError, ValueError, KeyError, TypeError) as e:

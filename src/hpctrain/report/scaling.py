@@ -199,12 +199,20 @@ def markdown(report):
             from hpctrain.report import predict as predict_mod
 
             lines += ["", predict_mod.markdown(g["prediction"])]
-        lines += ["", f"![throughput]({_slug(g)}-throughput.png) ![efficiency]({_slug(g)}-efficiency.png)"
-                  + (f" ![{g['target']} against time]({_slug(g)}-target.png)" if g["target"] else "")
-                  + (f" ![where the time goes]({_slug(g)}-breakdown.png)" if measured else "")
-                  + (f" ![allreduce bus bandwidth]({_slug(g)}-allreduce.png)"
-                     if (g.get("prediction") or {}).get("allreduce") else ""), ""]
+        lines += ["", " ".join(f"![{alt}]({_slug(g)}-{name}.png)" for name, alt in _plots(g).items()), ""]
     return "\n".join(lines)
+
+
+def _plots(g):
+    """The group's plots, those its runs have data for: file name suffix -> caption."""
+    plots = {"throughput": "throughput", "efficiency": "efficiency"}
+    if g["target"]:
+        plots["target"] = f"{g['target']} against time"
+    if any(r["breakdown"] for r in g["rows"]):
+        plots["breakdown"] = "where the time goes"
+    if (g.get("prediction") or {}).get("allreduce"):
+        plots["allreduce"] = "allreduce bus bandwidth"
+    return plots
 
 
 def _breakdown_lines(rows):
@@ -262,14 +270,16 @@ def write(run_dirs, out, allow_missing=False, predict=None):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for g in report:
-        plot_group(g, out / f"{_slug(g)}-throughput.png", out / f"{_slug(g)}-efficiency.png")
-        if any(r["breakdown"] for r in g["rows"]):
-            plot_breakdown(g, out / f"{_slug(g)}-breakdown.png")
-        if (g.get("prediction") or {}).get("allreduce"):
-            plot_allreduce(g["prediction"]["allreduce"], out / f"{_slug(g)}-allreduce.png")
-        if g["target"]:
+        plots = _plots(g)
+        path = {name: out / f"{_slug(g)}-{name}.png" for name in plots}
+        plot_group(g, path["throughput"], path["efficiency"])
+        if "breakdown" in plots:
+            plot_breakdown(g, path["breakdown"])
+        if "allreduce" in plots:
+            plot_allreduce(g["prediction"]["allreduce"], path["allreduce"])
+        if "target" in plots:
             runs = [e["run"] for r in g["rows"] for e in r["repeats"]]
-            plot_target_curves(g, {run: RunDir(run).history() for run in runs}, out / f"{_slug(g)}-target.png")
+            plot_target_curves(g, {run: RunDir(run).history() for run in runs}, path["target"])
     write_text(out / "report.json", json.dumps(report, indent=2))
     write_text(out / "report.csv", csv_text(report))
     text = markdown(report)
