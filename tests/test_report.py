@@ -14,7 +14,8 @@ pytestmark = pytest.mark.fast
 def run(tmp_path, workers, samples_per_s, per_worker_batch=8, global_batch=None, backend="horovod", final=0.95,
         **extra):
     """A run folder whose timing.json says `workers` reached `samples_per_s`."""
-    folder = tmp_path / f"{backend}-w{workers}-b{per_worker_batch}-{extra.get('split', 'all')}-s{extra.get('seed')}"
+    folder = tmp_path / (f"{backend}-w{workers}-b{per_worker_batch}-{extra.get('split', 'all')}-s{extra.get('seed')}"
+                         f"-{extra.get('compression', 'none')}")
     folder.mkdir()
     timing = dict(complete=True, attempts=1, job="j", model="lenet5", parameters=10, dataset="d.h5", split="all",
                   tile=None, backend=backend, world_size=workers, processes=workers, nodes=1,
@@ -57,6 +58,16 @@ def test_runs_that_differ_in_more_than_the_worker_count_are_reported_apart(tmp_p
     assert [(g["backend"], [r["workers"] for r in g["rows"]]) for g in groups] == [("horovod", [1, 2]),
                                                                                    ("mirrored", [1, 2])]
     assert groups[1]["rows"][1]["efficiency"] == pytest.approx(0.75)
+
+
+def test_runs_of_one_backend_with_and_without_compression_are_told_apart(tmp_path):
+    groups = scaling.build([run(tmp_path, 1, 20.0), run(tmp_path, 2, 38.0),  # timing.json without the field
+                            run(tmp_path, 1, 20.0, compression="fp16"), run(tmp_path, 2, 39.0, compression="fp16")])
+    assert [g["variant"] for g in groups] == ["compression none", "compression fp16"]
+    assert [scaling._slug(g) for g in groups] == ["j-horovod-compression-none", "j-horovod-compression-fp16"]
+    assert "backend horovod, weak scaling (compression fp16)" in scaling.markdown(groups)
+    [alone] = scaling.build([run(tmp_path, 1, 20.0, backend="mirrored")])
+    assert alone["variant"] == "" and scaling._slug(alone) == "j-mirrored"
 
 
 def test_mixed_weak_and_strong_runs_and_repeated_counts_are_refused(tmp_path):

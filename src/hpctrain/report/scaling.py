@@ -12,6 +12,7 @@ N0 is the smallest worker count of the group (1 when a 1-worker run is given).
 import csv
 import io
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -139,6 +140,7 @@ def build(run_dirs, predict=None):
         mode, rows = table(runs_of_group)
         t = runs_of_group[0]["timing"]
         report.append({"job": t.job, "backend": t.backend, "model": t.model, "mode": mode,
+                       "settings": {k: getattr(t, k) for k in Timing.COMPARED},
                        "per_worker_batch": sorted({r["timing"].per_worker_batch for r in runs_of_group}),
                        "target": (t.target or {}).get("metric"), "target_value": (t.target or {}).get("value"),
                        "environment": t.environment or {}, "rows": rows})
@@ -146,6 +148,10 @@ def build(run_dirs, predict=None):
             from hpctrain.report import predict as predict_mod
 
             report[-1]["prediction"] = predict_mod.for_group([r["timing"] for r in runs_of_group], rows, predict)
+    for g in report:  # groups of one job and backend are told apart by the settings they differ in
+        peers = [h["settings"] for h in report if (h["job"], h["backend"]) == (g["job"], g["backend"])]
+        differ = [k for k in Timing.COMPARED if len({json.dumps(h[k]) for h in peers}) > 1]
+        g["variant"] = ", ".join(f"{k} {g['settings'][k]}" for k in differ)
     return report
 
 
@@ -161,7 +167,8 @@ def markdown(report):
     for g in report:
         env = g["environment"]
         repeated = any(r["runs"] > 1 for r in g["rows"])
-        lines += [f"## {g['job']}: {g['model']}, backend {g['backend']}, {g['mode']} scaling", "",
+        lines += [f"## {g['job']}: {g['model']}, backend {g['backend']}, {g['mode']} scaling"
+                  + (f" ({g['variant']})" if g["variant"] else ""), "",
                   f"Per-worker batch {', '.join(map(str, g['per_worker_batch']))}; "
                   f"TensorFlow {env.get('tensorflow', '?')}"
                   + "".join(f", {name} {version}" for name, version in env.get("backend_versions", {}).items())
@@ -232,19 +239,19 @@ def _breakdown_lines(rows):
 
 
 def _slug(g):
-    return f"{g['job']}-{g['backend']}"
+    return "-".join([g["job"], g["backend"], *re.findall(r"[\w.]+", g["variant"])])
 
 
 def csv_text(report):
     buf = io.StringIO()
     fields = ["job", "backend", "mode", "workers", "nodes", "runs", "global_batch", "samples_per_s", "ci95", "speedup",
               "efficiency", "epoch_time", "train_time", "time_to_target", "time_to_target_std", "steps_to_target",
-              "target_speedup", "run"]
+              "target_speedup", "variant", "run"]
     writer = csv.DictWriter(buf, fields, extrasaction="ignore")
     writer.writeheader()
     for g in report:
         for r in g["rows"]:
-            writer.writerow({"job": g["job"], "backend": g["backend"], "mode": g["mode"], **r})
+            writer.writerow({"job": g["job"], "backend": g["backend"], "mode": g["mode"], "variant": g["variant"], **r})
     return buf.getvalue()
 
 

@@ -58,11 +58,13 @@ class Timing:
     validation_shards: int = 1  # processes that split the validation samples (1: each scored all of them)
     gradient_tensors: int | None = None  # trainable variables: the tensors each update exchanges
     breakdown: dict | None = None  # where a step's time goes (hpctrain.train.breakdown.summary); None: not measured
+    compression: str = "none"   # distribute.compression of the gradient exchange
 
     # Runs of one comparison differ in nothing but the worker count and what follows from it.
     SCALED: ClassVar = ("world_size", "processes", "nodes", "per_worker_batch", "global_batch", "steps_per_epoch")
+    # split and seed: repeats of one comparison
     COMPARED: ClassVar = ("job", "model", "parameters", "dataset", "tile", "backend", "precision", "xla",
-                          "lr_scaling", "epochs", "warmup_steps")  # split and seed: repeats of one comparison
+                          "lr_scaling", "compression", "epochs", "warmup_steps")
 
     def comparison_key(self):
         return tuple((k, json.dumps(getattr(self, k))) for k in self.COMPARED)
@@ -149,7 +151,7 @@ def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, e
         target={"metric": spec.train.target_metric, "value": spec.train.target_value,
                 "reached": timer.target_reached},
         environment=environment(backend, rank_hosts), accumulate_steps=spec.train.accumulate_steps,
-        seed=spec.train.seed, validation_shards=validation_shards,
+        seed=spec.train.seed, validation_shards=validation_shards, compression=spec.distribute.compression,
         gradient_tensors=len(model.trainable_variables),
         breakdown=breakdown.summary(timer.breakdown, (throughput or {}).get("step_time_median"),
                                     spec.train.breakdown_steps) if timer.breakdown else None,
