@@ -68,6 +68,9 @@ def test_launch_on_two_hosts_trains_over_the_nodes_link(nodes, mnist_h5, tmp_pat
 def _nothing_left_on_the_nodes(nodes):  # every test of this module starts its own job on the nodes
     """After each test no process of it is left on a node (a failed test's job is ended here)."""
     yield
+    settle = time.monotonic() + 5  # Slurm's step daemon ends a moment after its srun
+    while any(nodes.pids(n, include_daemons=False) for n in nodes.names) and time.monotonic() < settle:
+        time.sleep(0.1)
     leftovers = {node: nodes.kill_node(node) for node in nodes.names}
     assert not any(leftovers.values()), f"processes left on the nodes: {leftovers}"
 
@@ -147,6 +150,20 @@ ENDS_WITHIN = 180
 
 
 SRUN = ["srun", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--mpi=pmix", "--kill-on-bad-exit=1"]
+
+
+@pytest.mark.parametrize("backend, collective", [("horovod", "Horovod over MPI"),
+                                                 ("multiworker", "MultiWorkerMirroredStrategy, RING collective")])
+def test_bench_allreduce_under_srun_times_the_two_nodes(nodes, mnist_h5, tmp_path, backend, collective):
+    out = tmp_path / "allreduce.json"
+    proc = nodes.on("node1", *SRUN, VENV_BIN / "hpctrain", "bench", "allreduce", lenet(tmp_path, mnist_h5),
+                    "--backend", backend, "-b", 4, "-e", "64K", "-f", 128, "--repeats", 1, "-o", out,
+                    env={**env_of(nodes), "HPCTRAIN_INTERFACE": nodes.interface}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert (result["collective"], result["workers"]) == (collective, 2)
+    assert [r["bytes"] for r in result["rows"]] == [4, 512, 64 << 10] and all(r["time_s"] > 0 for r in result["rows"])
+    assert proc.stdout.count("| gradient set |") == 1  # rank 0 alone prints the table
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
