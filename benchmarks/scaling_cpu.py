@@ -9,8 +9,13 @@ Horovod rows show hpctrain's defaults (Open MPI yield_when_idle=1, HOROVOD_CYCLE
 Open MPI/Horovod defaults (yield_when_idle=0, cycle time 1 ms). "side by side" is two independent
 1-worker runs at once, one per core, that never communicate: the most two workers can get from this
 machine (shared caches, memory bandwidth, the host under the VM), so each efficiency is also shown
-against it. The cases run in turn, `--repeats` rounds, and each figure is the median of its rounds:
-throughput here drifts by several percent from minute to minute.
+against it. With one core per worker the gradient exchange cannot hide behind compute on another core, so
+for each multi-process backend the exchange of the model's gradient set is also timed alone on the same
+2 workers (`hpctrain bench allreduce`, its wall and CPU time per step): the side-by-side step plus that cost
+bounds what the backend can reach here, "exchange bound" from the wall time (nothing hidden) to the CPU time
+(all but the core's own work hidden), and each run is shown against the CPU-time bound. The cases run in
+turn, `--repeats` rounds, and each figure is the median of its rounds: throughput here drifts by several
+percent from minute to minute.
 """
 import argparse
 import json
@@ -21,10 +26,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from hpctrain import spec
 from hpctrain.distribute import backends
 from hpctrain.launch import local as launch
 
-from common import pack_mnist, write_job
+from common import HPCTRAIN, pack_mnist, write_job
 
 PLAIN_DEFAULTS = {"OMPI_MCA_mpi_yield_when_idle": "0", "HOROVOD_CYCLE_TIME": "1"}
 SIDE_BY_SIDE = "side by side (2 x 1 worker)"
@@ -78,6 +84,20 @@ def run_case(job, out, label, backend, launcher, workers, env):
     return throughput(out)
 
 
+def exchange_cost(job, backend, launcher, env):
+    """(wall, CPU) seconds per exchange of the job's gradient set alone on the case's 2 workers."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "allreduce.json"
+        proc = subprocess.run([HPCTRAIN, "bench", "allreduce", str(job), "--backend", backend, "-n", "2", "--launcher",
+                               launcher, "-b", "4", "-e", "4", "--repeats", "8", "-o", str(out)],
+                              env={**os.environ, **env, "HPCTRAIN_CORES_PER_WORKER": "1"}, capture_output=True,
+                              text=True)
+        if proc.returncode:
+            raise SystemExit(f"bench allreduce ({backend}, {launcher}) failed: {proc.stderr[-2000:]}")
+        grads = json.loads(out.read_text())["gradient_set"]
+    return grads["time_s"], grads["cpu_s"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
@@ -106,16 +126,24 @@ def main():
                     runs[label].append(run_case(job, out, label, *case))
                     print(f"{model:5} round {round_ + 1}  {label:34} {runs[label][-1]:8.1f} samples/s", flush=True)
             one, ceiling = statistics.median(runs["1 worker"]), statistics.median(runs[SIDE_BY_SIDE])
-            for label, _, _, workers, _ in cases:
+            step = 2 * spec.load(job).train.batch_size / ceiling  # a worker's step, side by side
+            for label, backend, launcher, workers, env in cases:
                 tp = statistics.median(runs[label])
+                bound = None
+                if backend in ("horovod", "multiworker"):
+                    wall, cpu = exchange_cost(job, backend, launcher, env)
+                    bound = (step / (step + wall), step / (step + cpu))
+                    print(f"{model:5} {label:34} exchange alone {1e3 * wall:.1f} ms wall, {1e3 * cpu:.1f} ms CPU "
+                          f"against a {1e3 * step:.1f} ms step", flush=True)
                 rows.append((model, label, workers, tp, min(runs[label]), max(runs[label]),
-                             tp / (workers * one), tp / ceiling if workers == 2 else None))
+                             tp / (workers * one), tp / ceiling if workers == 2 else None, bound))
     print(f"\nmedian of {args.repeats} rounds, {args.steps} steps each (5 warm-up)\n")
-    print("| model | run | workers | samples/s | range | efficiency | of side by side |\n"
-          "|---|---|---:|---:|---:|---:|---:|")
-    for model, label, n, tp, low, high, eff, of_ceiling in rows:
+    print("| model | run | workers | samples/s | range | efficiency | of side by side | exchange bound | "
+          "of the CPU bound |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for model, label, n, tp, low, high, eff, of_ceiling, bound in rows:
         share = f"{100 * of_ceiling:.1f} %" if of_ceiling else ""
-        print(f"| {model} | {label} | {n} | {tp:.1f} | {low:.1f}-{high:.1f} | {100 * eff:.1f} % | {share} |")
+        limit = f"{100 * bound[0]:.1f}-{100 * bound[1]:.1f} % | {100 * of_ceiling / bound[1]:.1f} %" if bound else " |"
+        print(f"| {model} | {label} | {n} | {tp:.1f} | {low:.1f}-{high:.1f} | {100 * eff:.1f} % | {share} | {limit} |")
 
 
 if __name__ == "__main__":

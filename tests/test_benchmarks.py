@@ -36,6 +36,7 @@ def test_scaling_cpu():
     out = run("scaling_cpu.py", "--models", "cnn", "--steps", 8, "--repeats", 1, "--backends", "multiworker")
     labels = [row.split("|")[2].strip() for row in rows(out, "cnn")]
     assert labels == ["1 worker", "side by side (2 x 1 worker)", "multiworker (2 processes)"]
+    assert re.search(rf"\| multiworker \(2 processes\) \| 2 \| .* \| {NUMBER}-{NUMBER} % \| {NUMBER} % \|$", out, re.M)
 
 
 def test_startup():
