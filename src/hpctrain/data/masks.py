@@ -49,11 +49,8 @@ class MaskRule:
                 raise UserError(f"{path}: mask values up to {values[-1]}, more than --classes {self.classes} "
                                 f"allows (class ids 0..{self.classes - 1})")
             return mask.astype(np.uint8)
-        high = int(np.iinfo(mask.dtype).max)
-        if not (set(values) <= {0, 1} or set(values) <= {0, high}):
-            shown = ", ".join(map(str, values[:6])) + (", ..." if len(values) > 6 else "")
-            raise UserError(f"{path}: mask values {shown}; two-valued masks are 0/1 or 0/{high} "
-                            "(--mask-threshold T for anti-aliased masks, --classes N for masks of class ids)")
+        packing.binary_values(values, mask.dtype, path, "mask", hint=" (--mask-threshold T for anti-aliased "
+                              "masks, --classes N for masks of class ids)")
         if values[-1]:
             self.pairs.add(values[-1])
         return (mask != 0).astype(np.uint8)

@@ -170,10 +170,11 @@ def present_values(array):
     return set(np.flatnonzero(np.bincount(array.ravel())).tolist())
 
 
-def binary_values(values, dtype, where):
-    """[raw value of class 0, raw value of class 1] for two-valued labels: 0/1 or 0/max of the dtype."""
+def binary_values(values, dtype, where, what="label", hint=""):
+    """[raw value of class 0, raw value of class 1] for two-valued labels: 0/1 or 0/max of the dtype (0/1 when
+    only 0 is present). `hint`: what the error suggests besides."""
     for pair in ([0, 1], [0, int(np.iinfo(dtype).max)]):
         if set(values) <= set(pair):
             return pair
     shown = ", ".join(map(str, sorted(values)[:6])) + (", ..." if len(values) > 6 else "")
-    raise UserError(f"{where}: labels must be two-valued, 0/{np.iinfo(dtype).max} or 0/1, found {shown}")
+    raise UserError(f"{where}: {what} values {shown}; two-valued {what}s are 0/1 or 0/{np.iinfo(dtype).max}{hint}")
