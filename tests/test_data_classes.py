@@ -120,7 +120,7 @@ BAD = {  # case: (make the tree under root, fragments of the message; {root} is 
                       ["images next to its class folders", "stray.png"]),
     "corrupt": (_truncated_png, ["{root}/b/bad.png: not a readable image"]),
     "sizes differ": (lambda root: Image.new("L", (W, H + 1)).save(two_classes(root) / "b" / "3.png"),
-                     ["{root}/b/3.png: 13x10, but {root}/a/1.png is 12x10"]),
+                     ["{root}/b/3.png: 13x10 uint8, but {root}/a/1.png is 12x10 uint8"]),
 }
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from hpctrain.atomic import check_new_output
-from hpctrain.data import packing, schema
+from hpctrain.data import packing
 from hpctrain.data.image_files import SUFFIXES, PixelLayout
-from hpctrain.data.images import few, natural_key
+from hpctrain.data.images import few, like, natural_key
 from hpctrain.errors import UserError
 
 MAX_CLASSES = 256  # labels are uint8
@@ -39,11 +39,7 @@ def pack(out, *, root, channels=None, force=False, compression=None):
                         splits=packing.holdout_splits(len(samples)), force=force, compression=compression) as writer:
         writer.create("images", len(samples), first.shape, first.dtype)
         for i, (path, _) in enumerate(samples):
-            image = first if i == 0 else layout.read(path)
-            if image.shape != first.shape:
-                raise UserError(f"{path}: {schema.shape_text(image.shape)}, but {samples[0][0]} is "
-                                f"{schema.shape_text(first.shape)} (all images must be of one size)")
-            writer.append("images", image)
+            writer.append("images", first if i == 0 else like(layout.read(path), first, path, samples[0][0]))
         writer.write("labels", np.array([label for _, label in samples], np.uint8))
         writer.meta["conversions"] = dict(layout.converted)
     return out

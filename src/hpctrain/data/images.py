@@ -50,13 +50,13 @@ def pack(out, *, images, masks, test=None, class_names=None, classes=2, mask_thr
         writer.create("images", len(image_files), first.shape, first.dtype)
         writer.create("masks", len(mask_files), first.shape[:2], np.uint8)
         for i, (image_file, mask_file) in enumerate(pairs):
-            image = first if i == 0 else _like(layout.read(image_file), first, image_file, image_files[0])
+            image = first if i == 0 else like(layout.read(image_file), first, image_file, image_files[0])
             writer.append("images", image)
             writer.append("masks", rule.read(mask_file, image.shape[:2]))
         if test_files:
             writer.create("test_images", len(test_files), first.shape, first.dtype)
             for test_file in test_files:
-                writer.append("test_images", _like(layout.read(test_file, "test_images"), first, test_file,
+                writer.append("test_images", like(layout.read(test_file, "test_images"), first, test_file,
                                                    image_files[0]))
         writer.meta["label_values"] = rule.label_values(masks)
         writer.meta["conversions"] = {**layout.converted, "masks": rule.converted}
@@ -126,7 +126,8 @@ def natural_key(path):
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", Path(path).name)]
 
 
-def _like(array, first, path, first_path):
+def like(array, first, path, first_path):
+    """`array` (read from `path`) when it has the shape and type of the folder's first image."""
     if array.shape != first.shape or array.dtype != first.dtype:
         raise UserError(f"{path}: {schema.shape_text(array.shape)} {array.dtype}, but {first_path} is "
                         f"{schema.shape_text(first.shape)} {first.dtype} (all images must match)")
