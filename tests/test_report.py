@@ -66,6 +66,9 @@ def test_runs_of_one_backend_with_and_without_compression_are_told_apart(tmp_pat
     assert [g["variant"] for g in groups] == ["compression none", "compression fp16"]
     assert [scaling._slug(g) for g in groups] == ["j-horovod-compression-none", "j-horovod-compression-fp16"]
     assert "backend horovod, weak scaling (compression fp16)" in scaling.markdown(groups)
+    assert "host ?, 0 GPUs, ? CPUs" in scaling.markdown(groups)
+    [one_cpu] = scaling.build([run(tmp_path, 1, 20.0, backend="none", environment={"gpus": 1, "cpus_available": 1})])
+    assert "1 GPU, 1 CPU;" in scaling.markdown([one_cpu])
     [alone] = scaling.build([run(tmp_path, 1, 20.0, backend="mirrored")])
     assert alone["variant"] == "" and scaling._slug(alone) == "j-mirrored"
 

@@ -155,6 +155,10 @@ def build(run_dirs, predict=None):
     return report
 
 
+def _count(n, thing):
+    return f"{n} {thing}" + ("" if n == 1 else "s")
+
+
 def _fmt(v, digits=2, std=None):
     if v is None:
         return "-"
@@ -172,7 +176,8 @@ def markdown(report):
                   f"Per-worker batch {', '.join(map(str, g['per_worker_batch']))}; "
                   f"TensorFlow {env.get('tensorflow', '?')}"
                   + "".join(f", {name} {version}" for name, version in env.get("backend_versions", {}).items())
-                  + f"; host {env.get('host', '?')}, {env.get('gpus', 0)} GPUs, {env.get('cpus_available', '?')} CPUs"
+                  + f"; host {env.get('host', '?')}, {_count(env.get('gpus', 0), 'GPU')}, "
+                  + _count(env.get('cpus_available', '?'), 'CPU')
                   + (f"; target {g['target']} >= {g['target_value']}" if g["target"] else "")
                   + ("; mean ± std over the runs (folds, seeds) of each worker count" if repeated else ""), "",
                   "| workers | nodes | runs | global batch | samples/s | ±95 % | speedup | efficiency | epoch s | "
