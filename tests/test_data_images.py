@@ -182,3 +182,26 @@ def test_a_16_bit_colour_png_keeps_its_16_bits(tmp_path):
     rgb = np.dstack([grey(1, 16), grey(2, 16), grey(3, 16)])
     array, mode = image_files.read(write(tmp_path / "a.png", rgb))
     assert mode == "RGB 16-bit" and array.dtype == np.uint16 and np.array_equal(array, rgb)
+
+
+@pytest.mark.parametrize("compression", ["tiff_lzw", "tiff_adobe_deflate"])
+def test_compressed_tiff_slices_are_packed(tmp_path, compression):
+    """LZW and Deflate, as microscopes and Fiji write them (tifffile decodes them through imagecodecs)."""
+    g = [grey(1), grey(2)]
+    (tmp_path / "img").mkdir()
+    for i in range(2):
+        write(tmp_path / "mask" / f"s{i}.png", mask(i))
+        Image.fromarray(g[i]).save(tmp_path / "img" / f"s{i}.tif", compression=compression)
+    with h5py.File(images.pack(tmp_path / "out.h5", images=tmp_path / "img", masks=tmp_path / "mask")) as f:
+        assert np.array_equal(f["images"][()], np.stack(g))
+
+
+def test_a_grey_png_with_a_transparent_colour_is_refused_where_that_colour_occurs(tmp_path):
+    """A tRNS chunk makes one grey level transparent: an alpha channel in all but name."""
+    g = grey(1)
+    Image.fromarray(g).save(tmp_path / "a.png", transparency=int(g[0, 0]))
+    with pytest.raises(UserError, match=r"a.png: \d+ pixels are not fully opaque"):
+        image_files.PixelLayout([tmp_path / "a.png"]).read(tmp_path / "a.png")
+    kept = np.where(g == 7, 8, g).astype(np.uint8)  # no pixel of the transparent level: nothing is lost
+    Image.fromarray(kept).save(tmp_path / "b.png", transparency=7)
+    assert np.array_equal(image_files.PixelLayout([tmp_path / "b.png"]).read(tmp_path / "b.png"), kept)

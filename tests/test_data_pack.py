@@ -12,7 +12,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from hpctrain.data import synthetic
+from hpctrain.data import packing, schema, synthetic
 
 from conftest import DATA, VENV_BIN, assert_user_error, run_hpctrain
 
@@ -354,3 +354,13 @@ def test_bad_image_files_through_the_command_are_one_line_and_exit_2(tmp_path):
     assert_user_error(run_hpctrain("pack", "images", "--images", tmp_path / "img", "--masks", tmp_path / "mask",
                                    "-o", out), "--mask-threshold")
     assert not out.exists()
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("values", [[0], [255], [0, 1], [0, 255], [3, 9], [0, 1, 2], [0, 7, 255], list(range(40))])
+def test_present_values_and_class_counts_agree_with_a_histogram(values):
+    array = np.random.default_rng(0).choice(np.array(values, np.uint8), (31, 17))
+    histogram = np.bincount(array.ravel(), minlength=256)
+    assert packing.present_values(array) == set(np.flatnonzero(histogram).tolist())
+    for classes in (2, 16, 40, 256):
+        assert schema.class_counts(array, classes).tolist() == histogram[:classes].tolist()

@@ -9,8 +9,8 @@ channels (grey, or RGB) and depth (8 or 16 bit), and counts what it converted, p
 import collections
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
-import png
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
@@ -21,6 +21,7 @@ SUFFIXES = (".png", ".tif", ".tiff")
 CHANNEL_NAMES = {1: "grey", 2: "grey+alpha", 3: "RGB", 4: "RGBA"}
 LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's convert("L")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_PALETTE = 3  # the IHDR colour type of a palette image
 
 
 def read(path, palette="rgb"):
@@ -30,11 +31,12 @@ def read(path, palette="rgb"):
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             array, mode = _read_tiff(path)
-        elif _png_depth_and_colour(path) in ((16, 2), (16, 4), (16, 6)):
-            array, mode = _read_png16(path)  # Pillow reads 16-bit colour PNG as 8 bits
+        elif (header := _png_depth_and_colour(path)) and header[0] in (8, 16) and header[1] != PNG_PALETTE:
+            array, mode = _read_png(path)
         else:
             array, mode = _read_pillow(path, palette)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, tifffile.TiffFileError, png.Error) as e:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, tifffile.TiffFileError,
+            imagecodecs.PngError) as e:
         raise UserError(f"{path}: not a readable image ({schema.first_line(e)})") from None
     if array.ndim == 2:
         array = array[..., None]
@@ -67,10 +69,12 @@ def _png_depth_and_colour(path):
     return head[24], head[25]
 
 
-def _read_png16(path):
-    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
-    array = np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, info["planes"])
-    return array, f"{CHANNEL_NAMES[info['planes']]} 16-bit"
+def _read_png(path):
+    """An 8- or 16-bit PNG that is not a palette, through libpng: at full depth (Pillow reads 16-bit colour as 8
+    bits), faster than Pillow, and a tRNS transparent colour as the alpha it is."""
+    array = imagecodecs.png_decode(path.read_bytes())
+    channels = array.shape[2] if array.ndim == 3 else 1
+    return array, f"{CHANNEL_NAMES[channels]} {8 * array.itemsize}-bit"
 
 
 def _read_pillow(path, palette):

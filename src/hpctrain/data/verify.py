@@ -5,7 +5,7 @@ import numpy as np
 
 from hpctrain.data.dataset import open_dataset
 from hpctrain.data.describe import summary
-from hpctrain.data.schema import BLOCK_BYTES, TARGETS, content_sha256, first_line, little_endian
+from hpctrain.data.schema import BLOCK_BYTES, TARGETS, class_counts, content_sha256, first_line, little_endian
 
 
 def verify(path):
@@ -18,7 +18,7 @@ def verify(path):
             for block in _blocks(ds, array):
                 digest.update(little_endian(block))
                 if array.name.lstrip("/") == TARGETS[ds.kind]:
-                    counts[:] += np.bincount(block.ravel(), minlength=len(counts))[:len(counts)]
+                    counts[:] += class_counts(block, len(counts))
             if digest.hexdigest() != array.attrs.get("sha256"):
                 ds.fail(f"{array.name.lstrip('/')} does not match its sha256: the file is corrupted")
             return digest.hexdigest()
