@@ -4,13 +4,15 @@ metric (medians and ranges over the seeds) and the speedup of the median time to
 case.
 
     .venv/bin/python benchmarks/time_to_accuracy.py [--job jobs/unet_isbi_cpu.toml] [--seeds 42,1,2]
-        [--backend horovod] [--set KEY=VALUE ...] CASE [CASE ...]
+        [--backend horovod] [--set KEY=VALUE ...] [--runs DIR] CASE [CASE ...]
 
 A CASE is a worker count and optional spec overrides, e.g. `1`, `2`, `2:distribute.lr_scaling=sqrt` or
 `2:distribute.lr_scaling=linear,distribute.warmup_epochs=0`. The job's data is the real ISBI 2012 (or
 MNIST) file packed into a scratch folder unless --set data.path=... names one. Every worker has one core
 of its own (HPCTRAIN_CORES_PER_WORKER=1): 1 and N workers compare like 1 and N GPUs. The cases run in
-turn, seed after seed, so drift of the machine touches all of them alike.
+turn, seed after seed, so drift of the machine touches all of them alike. With --runs DIR the run folders
+stay (DIR/c<case>-s<seed>) for `hpctrain report`: e.g. cases `1:train.accumulate_steps=K` measure the samples
+to the target at K times the batch, from which `report --predict` predicts the time to target at K workers.
 """
 import argparse
 import json
@@ -74,6 +76,7 @@ def main():
     parser.add_argument("--seeds", default="42,1,2")
     parser.add_argument("--backend", default="horovod")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--runs", type=Path, help="keep the run folders here (default: a scratch folder)")
     args = parser.parse_args()
     cases = [parse_case(c) for c in args.cases]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -86,7 +89,8 @@ def main():
         results = {i: [] for i in range(len(cases))}
         for seed in seeds:
             for i, (workers, overrides) in enumerate(cases):
-                result = train(job, workers, [*common, f"train.seed={seed}", *overrides], args.backend, tmp / f"c{i}")
+                out = (args.runs or tmp).resolve() / f"c{i}-s{seed}"
+                result = train(job, workers, [*common, f"train.seed={seed}", *overrides], args.backend, out)
                 results[i].append(result)
                 print(f"seed {seed}, case {args.cases[i]}: {result}", file=sys.stderr, flush=True)
     target = spec.load(job, [o for o in args.overrides if not o.startswith("data.path=")]).train

@@ -75,9 +75,10 @@ def test_faults_multinode():
     assert bound and float(bound[1]) > 1 and 0 < float(bound[2]) < 100, out[-1000:]
 
 
-def test_time_to_accuracy():
+def test_time_to_accuracy(tmp_path):
     out = run("time_to_accuracy.py", "--job", "jobs/cnn_mnist.toml", "--seeds", 1, "--set", "train.epochs=1",
-              "--set", "train.steps_per_epoch=4", "1", "2:distribute.lr_scaling=sqrt")
+              "--set", "train.steps_per_epoch=4", "--runs", tmp_path, "1", "2:distribute.lr_scaling=sqrt")
+    assert (tmp_path / "c0-s1" / "timing.json").exists() and (tmp_path / "c1-s1" / "timing.json").exists()
     assert [row.split("|")[1].strip() for row in rows(out, "")[1:]] == ["1", "2:distribute.lr_scaling=sqrt"]
     assert re.search(r"\| 2:distribute.lr_scaling=sqrt \| [0-9.]+ \([0-9.]+-[0-9.]+\) \| not reached \|", out)
 

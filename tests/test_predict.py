@@ -137,3 +137,33 @@ def test_report_plots_the_bench_curve_beside_its_reference(tmp_path):
     assert curve["gradient_set"] == {"bytes": 40, "busbw_GBps": 0.01}
     [png] = (tmp_path / "report").glob("*-allreduce.png")
     assert f"({png.name})" in report.read_text() and png.stat().st_size > 1000
+
+
+def test_time_to_target_is_predicted_from_the_samples_measured_at_each_global_batch(tmp_path):
+    """1 worker accumulating k micro-batches measures the samples to the target at global batch k x 8; the
+    prediction divides them by the predicted samples/s, between the measured batches only."""
+    def timing(workers, tp, k=1, epoch=4, backend="horovod"):
+        return timing_run(tmp_path / f"k{k}", workers, tp, backend=backend, accumulate_steps=k,
+                          global_batch=8 * workers * k, throughput={"samples_per_s": tp, "step_time_median": 8 / tp},
+                          target={"metric": "val_accuracy", "value": 0.9, "reached": {"epoch": epoch, "seconds": 9.0}})
+
+    for k in (2, 4):
+        (tmp_path / f"k{k}").mkdir()
+    (tmp_path / "k1").mkdir()
+    runs = [timing(1, 80.0, epoch=4), timing(2, 150.0, epoch=5),   # 320 and 800 samples: 10 steps per epoch
+            timing(1, 80.0, k=2, epoch=6, backend="none"), timing(1, 80.0, k=4, epoch=4, backend="none")]
+    request = predict.Request((4, 8, 64), network=predict.parse_network("100Gbit/s,2us"))
+    report = scaling.build(runs, request)
+    [group] = [g for g in report if g["settings"]["accumulate_steps"] == 1]  # accumulation runs: groups of their own
+    assert len(report) == 3
+    rows = {r["workers"]: r for r in group["prediction"]["rows"]}
+    assert group["prediction"]["targets_measured"] == {8: 320, 16: 880, 32: 1280}  # batch 16: mean of 800 and 960
+    assert rows[1]["time_to_target_s"] == pytest.approx(320 / 80)
+    assert rows[4]["samples_to_target"] == 1280 and rows[4]["time_to_target_s"] == pytest.approx(
+        1280 / rows[4]["samples_per_s"])
+    assert rows[8]["samples_to_target"] is None and rows[64]["time_to_target_s"] is None  # beyond the measured
+    assert predict.samples_to_target({8: 100, 32: 400}, 16) == pytest.approx(200)  # log-log
+    text = scaling.markdown(report)
+    assert "samples to target | time to target (s) |" in text and "(8: 320, 16: 880, 32: 1280;" in text
+    text = scaling.write(runs, tmp_path / "report", predict=request).read_text()
+    assert "(j-horovod-time_to_target.png)" in text and (tmp_path / "report" / "j-horovod-time_to_target.png").exists()

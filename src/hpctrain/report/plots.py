@@ -1,6 +1,6 @@
 """Scaling plots: throughput against workers with the ideal line (and the predicted curve), parallel
-efficiency, where a step's time goes, the allreduce's bus bandwidth, and the target metric against training
-time."""
+efficiency, where a step's time goes, the allreduce's bus bandwidth, the target metric against training
+time, and the time to target, measured and predicted."""
 import itertools
 
 from hpctrain.atomic import atomic_output
@@ -114,6 +114,29 @@ def plot_target_curves(group, histories, png):
     ax.set(xlabel="training time (s)", ylabel=metric, title=f"{group['job']}: {metric} against time")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    _save(fig, png)
+    plt.close(fig)
+
+
+def plot_time_to_target(group, png):
+    """Time to the target against workers: each measured count (mean ± std over its runs) and the prediction
+    (predict.add_time_to_target) as a dashed line, labelled as one."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    measured = [r for r in group["rows"] if r["time_to_target"] is not None]
+    ax.errorbar([r["workers"] for r in measured], [r["time_to_target"] for r in measured],
+                yerr=[r["time_to_target_std"] or 0 for r in measured], fmt="o", capsize=3, label="measured")
+    predicted = [r for r in group["prediction"]["rows"] if r["time_to_target_s"]]
+    ax.plot([r["workers"] for r in predicted], [r["time_to_target_s"] for r in predicted], "s--",
+            label="predicted (training steps only)")
+    ticks = sorted({r["workers"] for r in measured + predicted})
+    ax.set(xscale="log", yscale="log", xlabel="workers", ylabel="time to target (s)",
+           title=f"{group['job']}: {group['target']} >= {group['target_value']}")
+    ax.set_xticks(ticks, [str(k) for k in ticks])
+    ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, png)
     plt.close(fig)

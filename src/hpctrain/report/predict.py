@@ -17,6 +17,14 @@ reference's fit over its 2(n-1) ring steps. The overhead is the backend's own co
 network's (Horovod's cycle and negotiation): its fit's latency minus the reference's, from a benchmark file.
 Without a reference the whole measured latency is spread over the ring steps, which errs on the slow side;
 without a benchmark file the overhead is 0, which errs on the fast one.
+
+Time to target at N workers: the samples a run needs to reach the target at global batch N x B, measured
+(N workers, or 1 worker accumulating N micro-batches: the same updates), over the predicted samples/s:
+
+    time_to_target(N) = samples_to_target(N x B) / samples_per_s(N)
+
+Between two measured global batches the samples are interpolated in log-log; beyond them nothing is predicted
+(statistical efficiency is not extrapolated). It counts training steps only: no validation, no start-up.
 """
 import json
 import math
@@ -182,7 +190,7 @@ def for_group(timings, rows, request):
         found, overhead = request.allreduce.network(single[0].parameters)
         network = network or found
     model = Model.of_run(single[0], network, overhead, request.workers_per_node, request.node_network)
-    return {"model": model.describe(), "rows": prediction(rows, model, request.counts),
+    return {"model": model.describe(), "batch": model.batch, "rows": prediction(rows, model, request.counts),
             "allreduce": request.allreduce.curve() if request.allreduce else None}
 
 
@@ -199,15 +207,48 @@ def prediction(rows, model, counts):
     return out
 
 
+def samples_to_target(measured, global_batch):
+    """Samples to the target at `global_batch`, from {global batch: samples measured}: log-log between the two
+    measured batches around it, None outside them."""
+    below = [g for g in measured if g <= global_batch]
+    above = [g for g in measured if g >= global_batch]
+    if not below or not above:
+        return None
+    lo, hi = max(below), min(above)
+    if lo == hi:
+        return measured[lo]
+    share = math.log(global_batch / lo) / math.log(hi / lo)
+    return math.exp((1 - share) * math.log(measured[lo]) + share * math.log(measured[hi]))
+
+
+def add_time_to_target(predicted, measured, batch):
+    """Adds samples_to_target and time_to_target_s to the predicted rows (`batch`: per worker) where the
+    global batch is within the measured ones ({global batch: samples to target})."""
+    for row in predicted["rows"]:
+        samples = samples_to_target(measured, row["workers"] * batch)
+        row["samples_to_target"] = samples
+        row["time_to_target_s"] = samples / row["samples_per_s"] if samples else None
+    predicted["targets_measured"] = dict(sorted(measured.items()))
+
+
 def markdown(predicted):
+    to_target = "targets_measured" in predicted
     lines = [f"Predicted (weak scaling): {predicted['model']}.", "",
              "| workers | step (ms) | exchange: latency (ms) | exchange: bandwidth (ms) | samples/s | efficiency "
-             "| limited by | measured samples/s | prediction error |",
-             "|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+             "| limited by | measured samples/s | prediction error |"
+             + (" samples to target | time to target (s) |" if to_target else ""),
+             "|---:|---:|---:|---:|---:|---:|---|---:|---:|" + ("---:|---:|" if to_target else "")]
     for r in predicted["rows"]:
         measured = r.get("measured_samples_per_s")
         against = (f"{measured:.1f} | {100 * r['error']:+.1f} %") if measured else "- | -"
+        target = (f" {r['samples_to_target']:.0f} | {r['time_to_target_s']:.1f} |" if r.get("samples_to_target")
+                  else " - | - |") if to_target else ""
         lines.append(f"| {r['workers']} | {1e3 * r['step_s']:.1f} | {1e3 * r['latency_s']:.2f} | "
                      f"{1e3 * r['bandwidth_s']:.2f} | {r['samples_per_s']:.1f} | {100 * r['efficiency']:.1f} % | "
-                     f"{r['limit']} | {against} |")
+                     f"{r['limit']} | {against} |" + target)
+    if to_target:
+        batches = ", ".join(f"{g}: {s:.0f}" for g, s in predicted["targets_measured"].items())
+        lines += ["", f"Time to target predicted: the samples measured to reach the target at each global batch "
+                  f"({batches}; log-log between them, nothing beyond) over the predicted samples/s; training steps "
+                  "only, without validation or start-up."]
     return "\n".join(lines)

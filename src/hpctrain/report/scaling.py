@@ -152,7 +152,26 @@ def build(run_dirs, predict=None):
         peers = [h["settings"] for h in report if (h["job"], h["backend"]) == (g["job"], g["backend"])]
         differ = [k for k in Timing.COMPARED if len({json.dumps(h[k]) for h in peers}) > 1]
         g["variant"] = ", ".join(f"{k} {g['settings'][k]}" for k in differ)
+        if g.get("prediction") and g["target"]:
+            from hpctrain.report import predict as predict_mod
+
+            predict_mod.add_time_to_target(g["prediction"], samples_to_target(report, g), g["prediction"]["batch"])
     return report
+
+
+def samples_to_target(report, g):
+    """{global batch: mean samples to the target} over the rows of every group that computes what `g` does
+    (Timing.EXECUTION aside): its own N-worker runs and 1-worker runs accumulating N micro-batches alike."""
+    def what(h):
+        return {k: v for k, v in h["settings"].items() if k not in Timing.EXECUTION}
+
+    runs = {}
+    for h in report:
+        if what(h) == what(g):
+            for r in h["rows"]:
+                if r["samples_to_target"] is not None:
+                    runs.setdefault(r["global_batch"], []).extend([r["samples_to_target"]] * r["runs"])
+    return {batch: statistics.fmean(samples) for batch, samples in runs.items()}
 
 
 def _count(n, thing):
@@ -224,6 +243,8 @@ def _plots(g):
         plots["breakdown"] = "where the time goes"
     if (g.get("prediction") or {}).get("allreduce"):
         plots["allreduce"] = "allreduce bus bandwidth"
+    if any(r.get("time_to_target_s") for r in (g.get("prediction") or {}).get("rows", [])):
+        plots["time_to_target"] = "time to target, measured and predicted"
     return plots
 
 
@@ -274,7 +295,13 @@ def missing_runs(run_dirs):
 def write(run_dirs, out, allow_missing=False, predict=None):
     """Builds the report of `run_dirs` into folder `out`; returns the report.md path. With `allow_missing`
     (a report queued after a sweep) runs without timing.json are named in report.md instead of failing it."""
-    from hpctrain.report.plots import plot_allreduce, plot_breakdown, plot_group, plot_target_curves
+    from hpctrain.report.plots import (
+        plot_allreduce,
+        plot_breakdown,
+        plot_group,
+        plot_target_curves,
+        plot_time_to_target,
+    )
 
     missing = missing_runs(run_dirs) if allow_missing else []
     finished = [d for d in run_dirs if d not in missing]
@@ -289,6 +316,8 @@ def write(run_dirs, out, allow_missing=False, predict=None):
             plot_breakdown(g, path["breakdown"])
         if "allreduce" in plots:
             plot_allreduce(g["prediction"]["allreduce"], path["allreduce"])
+        if "time_to_target" in plots:
+            plot_time_to_target(g, path["time_to_target"])
         if "target" in plots:
             runs = [e["run"] for r in g["rows"] for e in r["repeats"]]
             plot_target_curves(g, {run: RunDir(run).history() for run in runs}, path["target"])

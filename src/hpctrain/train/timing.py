@@ -64,7 +64,10 @@ class Timing:
     SCALED: ClassVar = ("world_size", "processes", "nodes", "per_worker_batch", "global_batch", "steps_per_epoch")
     # split and seed: repeats of one comparison
     COMPARED: ClassVar = ("job", "model", "parameters", "dataset", "tile", "backend", "precision", "xla",
-                          "lr_scaling", "compression", "epochs", "warmup_steps")
+                          "lr_scaling", "compression", "epochs", "warmup_steps", "accumulate_steps")
+    # How an update of the global batch is computed, not what it is: runs that differ in nothing else (and the
+    # worker count) take the same steps to a target at the same global batch (the learning rate follows it).
+    EXECUTION: ClassVar = ("backend", "accumulate_steps")
 
     def comparison_key(self):
         return tuple((k, json.dumps(getattr(self, k))) for k in self.COMPARED)
