@@ -39,10 +39,8 @@ def parse_case(text):
 def train(job, workers, overrides, backend, out):
     """Trains one case; (samples/s, seconds, epoch and samples to target or None, final target metric)."""
     sets = [a for o in overrides + [f"output.dir={toml_string(str(out))}"] for a in ("--set", o)]
-    if workers == 1:
-        command = [HPCTRAIN, "train", job, *sets, "--force"]
-    else:
-        command = [HPCTRAIN, "launch", "-n", str(workers), job, "--backend", backend, *sets, "--force"]
+    # 1 worker too under the backend, as `hpctrain scaling` runs it: one report group for every count
+    command = [HPCTRAIN, "launch", "-n", str(workers), job, "--backend", backend, *sets, "--force"]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "HPCTRAIN_CORES_PER_WORKER": "1"})
     if proc.returncode:

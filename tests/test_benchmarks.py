@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from hpctrain.report import scaling
+
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -77,10 +79,12 @@ def test_faults_multinode():
 
 def test_time_to_accuracy(tmp_path):
     out = run("time_to_accuracy.py", "--job", "jobs/cnn_mnist.toml", "--seeds", 1, "--set", "train.epochs=1",
-              "--set", "train.steps_per_epoch=4", "--runs", tmp_path, "1", "2:distribute.lr_scaling=sqrt")
-    assert (tmp_path / "c0-s1" / "timing.json").exists() and (tmp_path / "c1-s1" / "timing.json").exists()
-    assert [row.split("|")[1].strip() for row in rows(out, "")[1:]] == ["1", "2:distribute.lr_scaling=sqrt"]
-    assert re.search(r"\| 2:distribute.lr_scaling=sqrt \| [0-9.]+ \([0-9.]+-[0-9.]+\) \| not reached \|", out)
+              "--set", "train.steps_per_epoch=4", "--set", "distribute.lr_scaling=sqrt", "--runs", tmp_path,
+              "1", "2")
+    assert [row.split("|")[1].strip() for row in rows(out, "")[1:]] == ["1", "2"]
+    assert re.search(r"\| 2 \| [0-9.]+ \([0-9.]+-[0-9.]+\) \| not reached \|", out)
+    [group] = scaling.build([tmp_path / "c0-s1", tmp_path / "c1-s1"])  # 1 worker under the backend too
+    assert group["backend"] == "horovod" and [r["workers"] for r in group["rows"]] == [1, 2]
 
 
 def test_rare_foreground():

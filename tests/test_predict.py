@@ -120,6 +120,10 @@ def test_report_predicts_from_the_one_worker_run_with_its_fusion(tmp_path):
     assert "Predicted (weak scaling)" in text and "| 64 |" in text
     with pytest.raises(UserError, match="needs a finished 1-worker run"):
         scaling.build(runs[1:], request)
+    gloo = timing_run(tmp_path, 2, 140.0, backend="gloo", throughput={"samples_per_s": 140.0})
+    predicted, alone = scaling.build([*runs, gloo], request)  # a group without its 1-worker run is said so
+    assert predicted["prediction"] and alone["backend"] == "gloo" and alone["prediction"] is None
+    assert "Not predicted: no finished 1-worker run" in scaling.markdown([predicted, alone])
 
 
 def test_report_plots_the_bench_curve_beside_its_reference(tmp_path):

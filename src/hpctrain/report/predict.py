@@ -181,10 +181,11 @@ class Request:
 
 
 def for_group(timings, rows, request):
-    """The prediction of a report group (its runs' Timings, its table rows): {"model", "rows"}."""
+    """The prediction of a report group (its runs' Timings, its table rows): {"model", "rows"}; None when the
+    group has no finished 1-worker run (its step time)."""
     single = [t for t in timings if t.world_size == 1 and t.throughput]
     if not single:
-        raise UserError("--predict needs a finished 1-worker run among the runs (its step time)")
+        return None
     network, overhead = request.network, 0.0
     if request.allreduce is not None:
         found, overhead = request.allreduce.network(single[0].parameters)

@@ -148,6 +148,8 @@ def build(run_dirs, predict=None):
             from hpctrain.report import predict as predict_mod
 
             report[-1]["prediction"] = predict_mod.for_group([r["timing"] for r in runs_of_group], rows, predict)
+    if predict and not any(g["prediction"] for g in report):
+        raise UserError("--predict needs a finished 1-worker run among the runs (its step time)")
     for g in report:  # groups of one job and backend are told apart by the settings they differ in
         peers = [h["settings"] for h in report if (h["job"], h["backend"]) == (g["job"], g["backend"])]
         differ = [k for k in Timing.COMPARED if len({json.dumps(h[k]) for h in peers}) > 1]
@@ -230,6 +232,8 @@ def markdown(report):
             from hpctrain.report import predict as predict_mod
 
             lines += ["", predict_mod.markdown(g["prediction"])]
+        elif "prediction" in g:
+            lines += ["", "Not predicted: no finished 1-worker run of this backend and these settings."]
         lines += ["", " ".join(f"![{alt}]({_slug(g)}-{name}.png)" for name, alt in _plots(g).items()), ""]
     return "\n".join(lines)
 
