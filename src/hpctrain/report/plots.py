@@ -123,10 +123,13 @@ def plot_time_to_target(group, png):
     """Time to the target against workers: each measured count (mean ± std over its runs) and the prediction
     (predict.add_time_to_target) as a dashed line, labelled as one."""
     plt = _pyplot()
+    from matplotlib import ticker
+
     fig, ax = plt.subplots(figsize=(5, 3.8))
     measured = [r for r in group["rows"] if r["time_to_target"] is not None]
     ax.errorbar([r["workers"] for r in measured], [r["time_to_target"] for r in measured],
-                yerr=[r["time_to_target_std"] or 0 for r in measured], fmt="o", capsize=3, label="measured")
+                yerr=[r["time_to_target_std"] or 0 for r in measured], fmt="o", capsize=3,
+                label="measured (validation included)")
     predicted = [r for r in group["prediction"]["rows"] if r["time_to_target_s"]]
     ax.plot([r["workers"] for r in predicted], [r["time_to_target_s"] for r in predicted], "s--",
             label="predicted (training steps only)")
@@ -135,6 +138,9 @@ def plot_time_to_target(group, png):
            title=f"{group['job']}: {group['target']} >= {group['target_value']}")
     ax.set_xticks(ticks, [str(k) for k in ticks])
     ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
+    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
