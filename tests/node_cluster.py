@@ -313,6 +313,7 @@ SlurmdTimeout=30
             if self.slurmd_pid(name) is None or not _alive(self.slurmd_pid(name)):
                 self._run(*self.command(name, ["slurmd", "-N", name]))
         deadline = time.monotonic() + timeout
+        silent = {}  # node -> when it was first seen not responding; its slurmd registers again when restarted
         while True:
             out = self.scontrol("show", "node", "-o", check=False).stdout
             states = dict(re.findall(r"NodeName=(\S+) .*?State=(\S+)", out))
@@ -321,6 +322,12 @@ SlurmdTimeout=30
             for name, state in states.items():
                 if ("DOWN" in state or "DRAIN" in state) and "NOT_RESPONDING" not in state:
                     self.scontrol("update", f"NodeName={name}", "State=RESUME", check=False)
+                if "NOT_RESPONDING" not in state:
+                    silent.pop(name, None)
+                elif time.monotonic() - silent.setdefault(name, time.monotonic()) > 20:
+                    # a registration lost while the link was down is not retried before slurmctld's next ping
+                    self._run(*self.command(name, ["slurmd", "-N", name]))
+                    silent[name] = time.monotonic()
             if time.monotonic() > deadline:
                 raise SlurmUnavailable(f"nodes not idle after {timeout} s: {states}\n{out}\n{self.logs()}")
             time.sleep(0.2)
