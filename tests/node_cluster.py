@@ -303,15 +303,19 @@ SlurmdTimeout=30
         self._run(*head, "slurmctld", "-i")
         self._started.append(self.root / "slurmctld.pid")
         for name in self.nodes:
-            self._run(*self.command(name, ["slurmd", "-N", name]))
+            self.start_slurmd(name)
             self._started.append(self.root / "run" / f"slurmd.{name}.pid")
+
+    def start_slurmd(self, name):
+        """Starts the node's slurmd (one already running is replaced): it registers with slurmctld as it starts."""
+        self._run(*self.command(name, ["slurmd", "-N", name]))
 
     def heal(self, timeout=120):
         """Every node back to IDLE after a fault: a dead slurmd started again, a node that Slurm set DOWN or
         DRAIN (after a killed slurmd or a cut link) resumed once its slurmd answers; else an error with the logs."""
         for name in self.nodes:
             if self.slurmd_pid(name) is None or not _alive(self.slurmd_pid(name)):
-                self._run(*self.command(name, ["slurmd", "-N", name]))
+                self.start_slurmd(name)
         deadline = time.monotonic() + timeout
         silent = {}  # node -> when it was first seen not responding; its slurmd registers again when restarted
         while True:
@@ -326,7 +330,7 @@ SlurmdTimeout=30
                     silent.pop(name, None)
                 elif time.monotonic() - silent.setdefault(name, time.monotonic()) > 20:
                     # a registration lost while the link was down is not retried before slurmctld's next ping
-                    self._run(*self.command(name, ["slurmd", "-N", name]))
+                    self.start_slurmd(name)
                     silent[name] = time.monotonic()
             if time.monotonic() > deadline:
                 raise SlurmUnavailable(f"nodes not idle after {timeout} s: {states}\n{out}\n{self.logs()}")
