@@ -87,6 +87,15 @@ def test_time_to_accuracy(tmp_path):
     assert group["backend"] == "horovod" and [r["workers"] for r in group["rows"]] == [1, 2]
 
 
+def test_breakdown_check():
+    out = run("breakdown_check.py", "--workers", 2, "--rounds", 1, "--calls", 2, "--set", "train.epochs=1",
+              "--set", "train.steps_per_epoch=6")
+    [row] = rows(out, "2 ")
+    share, seconds = r"[+-][0-9.]+ % \([+-][0-9.]+ to [+-][0-9.]+\)", r"-?[0-9.]+ \(-?[0-9.]+--?[0-9.]+\) s"
+    assert re.fullmatch(rf"\| 2 \| {share} \| {share} \| {seconds} \| {seconds} \| {share} \|", row), row
+    assert re.search(rf"2 workers: input -?{NUMBER}, compute {NUMBER}, exchange {NUMBER}", out)
+
+
 def test_rare_foreground():
     out = run("rare_foreground.py", "--epochs", 1, "--seeds", 1, "--slices", 10, "--size", 32)
     assert [row.split("|")[1].strip() for row in rows(out, "")][1:] == [

@@ -49,6 +49,9 @@ def test_every_rank_measures_its_share_on_two_workers(tmp_path, mnist_h5, backen
         assert rank["step"] > 0 and rank["compute"] > 0 and rank["exchange"] > 0
         assert rank["input"] == pytest.approx(rank["step"] - rank["one_batch"])
     assert b["run_step"] == timing["throughput"]["step_time_median"]
+    chief = b["per_rank"][0]  # the probe's own time covers at least its timed calls
+    timed = b["calls"] * (chief["step"] + chief["one_batch"] + chief["compute"])
+    assert timed < b["wall_seconds"] < timing["wall_time"]
     assert b["range"]["compute"][0] <= b["seconds"]["compute"] <= b["range"]["compute"][1]
 
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_hpctrain, write_job
+from conftest import assert_user_error, run_hpctrain, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -75,6 +75,22 @@ def test_accumulated_micro_batches_equal_one_batch(tmp_path, mnist_h5, single_wo
     assert (timing["global_batch"], timing["accumulate_steps"], timing["steps_per_epoch"]) == (40, 2, 3)
     for a, b in zip(final_weights(single_worker_run), final_weights(tmp_path / "acc"), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_strong_scaling_splits_one_workers_batch_and_keeps_its_updates(tmp_path, mnist_h5, single_worker_run):
+    """distribute.scaling = "strong": 2 workers split the batch of 40 and make the 1-worker run's updates;
+    the learning rate stays that of 1 worker (lr_scaling sqrt would change it under weak scaling)."""
+    job = lenet_job(tmp_path, mnist_h5, "strong", 40)
+    run_hpctrain("launch", "-n", 2, job, "--backend", "horovod", "--set", 'distribute.scaling="strong"',
+                 "--set", 'distribute.lr_scaling="sqrt"', check=True)
+    timing = json.loads((tmp_path / "strong" / "timing.json").read_text())
+    assert (timing["per_worker_batch"], timing["global_batch"], timing["scaling"]) == (20, 40, "strong")
+    for a, b in zip(final_weights(single_worker_run), final_weights(tmp_path / "strong"), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    refused = run_hpctrain("scaling", job, "--workers", "1,3", "--backend", "horovod", "-o", tmp_path / "sweep",
+                           "--set", 'distribute.scaling="strong"')
+    assert_user_error(refused, "train.batch_size 40 does not split over 3 workers")
+    assert not (tmp_path / "sweep").exists()
 
 
 def final_weights_of_fresh_model():

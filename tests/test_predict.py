@@ -95,6 +95,16 @@ def test_ring_model_terms():
     assert tiny.predict(100_000)["limit"] == "latency" and tiny.predict(2)["limit"] == "compute"
 
 
+def test_strong_scaling_splits_the_compute_of_one_global_batch():
+    net = predict.Network(latency=10e-6, bandwidth=1e9, source="test")
+    model = predict.Model(step=0.4, batch=8, gradient_bytes=10_000_000, messages=1, network=net, split=8)
+    four = model.predict(4)
+    assert four["global_batch"] == 8 and four["step_s"] == pytest.approx(0.1 + 6 * 10e-6 + 1.5 * 0.01)
+    assert four["samples_per_s"] == pytest.approx(8 / four["step_s"])
+    assert four["efficiency"] == pytest.approx(0.4 / (4 * four["step_s"]))
+    assert [r["workers"] for r in predict.prediction([], model, (2, 3, 4, 16))] == [2, 4]  # 3 and 16 cannot split 8
+
+
 def test_hierarchical_rings_cross_the_nodes_once_per_node():
     cluster, node = predict.Network(5e-6, 12.5e9, "ib"), predict.Network(1e-6, 100e9, "nvlink")
     model = predict.Model(0.1, 32, 10**9, 1, cluster, 0.0, workers_per_node=4, node_network=node)

@@ -51,6 +51,19 @@ def test_mistakes_are_one_line_errors_naming_the_key(tmp_path, override, message
     assert str(e.value).removeprefix(f"{path}: ") == message
 
 
+def test_strong_scaling_splits_the_batch_and_keeps_the_learning_rate(tmp_path):
+    weak = spec.load(job(tmp_path, train={"batch_size": 4, "epochs": 1, "accumulate_steps": 2}))
+    assert weak.on_workers(8) == (weak, 16)  # the global batch grows x 8 workers x 2 micro-batches
+    strong = spec.load(job(tmp_path, train={"batch_size": 4, "epochs": 1, "accumulate_steps": 2}),
+                       ['distribute.scaling="strong"'])
+    split, growth = strong.on_workers(4)
+    assert (split.train.batch_size, split.train.accumulate_steps, growth) == (1, 2, 2)
+    assert strong.on_workers(1) == (strong, 2)
+    with pytest.raises(UserError, match=r'^distribute.scaling = "strong": train.batch_size 4 does not split over '
+                                        r"3 workers$"):
+        strong.on_workers(3)
+
+
 def test_a_table_of_another_model_is_kept_aside(tmp_path):
     s = spec.load(job(tmp_path), ["model.name='mnist_cnn'"])  # [model.unet] stays, unused
     assert s.model.name == "mnist_cnn" and s.model.settings.dropout == 0.5

@@ -1,8 +1,9 @@
 """The optimizers of train.optimizer, and how the learning rate follows the global batch.
 
-distribute.lr_scaling multiplies the 1-worker rate by a function of the replicas: "linear" (x N, Goyal et
-al. 2017), "sqrt" (x sqrt(N)), "none"; "auto" takes the optimizer's own rule below. The warm-up ramps from
-the 1-worker rate to the scaled one (hpctrain.train.callbacks.LearningRateRamp).
+distribute.lr_scaling multiplies the 1-worker rate by a function of N, the growth of the global batch over
+one worker's train.batch_size (the workers x accumulate_steps; under strong scaling accumulate_steps alone):
+"linear" (x N, Goyal et al. 2017), "sqrt" (x sqrt(N)), "none"; "auto" takes the optimizer's own rule below.
+The warm-up ramps from the 1-worker rate to the scaled one (hpctrain.train.callbacks.LearningRateRamp).
 """
 from typing import NamedTuple
 
@@ -37,5 +38,5 @@ def scaling_rule(setting, optimizer):
     return OPTIMIZERS[optimizer].auto_rule if setting == "auto" else setting
 
 
-def scaled_learning_rate(base, replicas, setting, optimizer):
-    return base * SCALING[scaling_rule(setting, optimizer)](replicas)
+def scaled_learning_rate(base, growth, setting, optimizer):
+    return base * SCALING[scaling_rule(setting, optimizer)](growth)

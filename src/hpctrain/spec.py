@@ -110,6 +110,9 @@ class TrainSpec(_Section):
 
 class DistributeSpec(_Section):
     backend: str = backends.Backend.name         # a backend of hpctrain.distribute.backends (default: none)
+    # weak: each worker takes train.batch_size, the global batch grows with the workers; strong: the global
+    # batch stays one worker's, train.batch_size split over the workers (the same updates, sooner)
+    scaling: Literal["weak", "strong"] = "weak"
     # The 1-worker rate x replicas, x sqrt(replicas), or as is; auto: the optimizer's rule (hpctrain.optimizers).
     lr_scaling: Literal[("auto", *optimizers.SCALING)] = "auto"
     warmup_epochs: float | None = Field(None, ge=0)  # ramp from the 1-worker rate to the scaled one (Goyal et al. 2017)
@@ -174,6 +177,17 @@ class JobSpec(_Section):
     train: TrainSpec
     distribute: DistributeSpec = DistributeSpec()
     output: OutputSpec
+
+    def on_workers(self, replicas):
+        """(the job as each of `replicas` workers runs it, the growth of the global batch over one worker's
+        train.batch_size that lr_scaling follows)."""
+        if self.distribute.scaling == "weak":
+            return self, replicas * self.train.accumulate_steps
+        if self.train.batch_size % replicas:
+            raise UserError(f'distribute.scaling = "strong": train.batch_size {self.train.batch_size} does not split '
+                            f"over {replicas} workers")
+        train = self.train.model_copy(update={"batch_size": self.train.batch_size // replicas})
+        return self.model_copy(update={"train": train}), self.train.accumulate_steps
 
     @model_validator(mode="after")
     def _consistent(self):

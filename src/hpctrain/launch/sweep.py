@@ -126,6 +126,8 @@ def plan(job_path, counts, folder, backend=None, overrides=(), default_backend=N
         scaling = [n for n, b in backends.BACKENDS.items() if b.scales()]
         raise UserError(f"a scaling sweep needs a distributed backend: --backend {one_of(scaling)}")
     _check_folds(spec, folds)
+    for n in counts:  # a batch that strong scaling cannot split is refused before anything runs
+        spec.on_workers(n)
     folder = Path(folder or spec.output.dir.parent / f"{spec.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     runs = []
     for n in counts:

@@ -116,13 +116,14 @@ class Bench:
 @dataclass(frozen=True)
 class Model:
     step: float                  # measured 1-worker step, seconds
-    batch: int                   # samples per worker per step
+    batch: int                   # samples per worker per step (strong: of all workers together)
     gradient_bytes: int
     messages: int                # fused messages per exchange
     network: Network
     overhead: float = 0.0        # the backend's seconds per message beyond the network's latency
     workers_per_node: int = 1
     node_network: Network | None = None
+    split: int | None = None     # strong scaling: the batch that N workers split (N must divide it); None: weak
 
     @classmethod
     def of_run(cls, timing, network, overhead=0.0, workers_per_node=1, node_network=None):
@@ -135,7 +136,18 @@ class Model:
         else:
             messages = math.ceil(nbytes / fusion) if fusion else 1
         return cls(timing.throughput["step_time_median"], timing.global_batch, nbytes, max(1, messages), network,
-                   overhead, workers_per_node, node_network)
+                   overhead, workers_per_node, node_network,
+                   timing.per_worker_batch if timing.scaling == "strong" else None)
+
+    @property
+    def scaling(self):
+        return "weak" if self.split is None else "strong"
+
+    def runs_on(self, n):
+        return self.split is None or self.split % n == 0
+
+    def global_batch(self, n):
+        return n * self.batch if self.split is None else self.batch
 
     def predict(self, n):
         """{workers, step_s, latency_s, bandwidth_s, samples_per_s, efficiency, limit} at n workers."""
@@ -147,18 +159,22 @@ class Model:
             parts = [(self.node_network if w > 1 else self.network).ring(self.gradient_bytes, n)]
         latency = self.messages * (self.overhead * (n > 1) + sum(p[0] for p in parts))
         bandwidth = sum(p[1] for p in parts)
-        step = self.step + latency + bandwidth
-        limit = max((("compute", self.step), ("latency", latency), ("bandwidth", bandwidth)), key=lambda kv: kv[1])[0]
-        return {"workers": n, "step_s": step, "latency_s": latency, "bandwidth_s": bandwidth,
-                "samples_per_s": n * self.batch / step, "efficiency": self.step / step, "limit": limit}
+        compute = self.step if self.split is None else self.step / n  # strong: each worker computes 1/n of the batch
+        step = compute + latency + bandwidth
+        limit = max((("compute", compute), ("latency", latency), ("bandwidth", bandwidth)), key=lambda kv: kv[1])[0]
+        samples_per_s = self.global_batch(n) / step
+        return {"workers": n, "global_batch": self.global_batch(n), "step_s": step, "latency_s": latency,
+                "bandwidth_s": bandwidth, "samples_per_s": samples_per_s,
+                "efficiency": samples_per_s * self.step / (n * self.batch), "limit": limit}
 
     def describe(self):
         nodes = (f", {self.workers_per_node} workers per node over {self.node_network.source}"
                  if self.workers_per_node > 1 else "")
+        split = (f"; strong scaling: the counts that split the batch of {self.split}" if self.split else "")
         return (f"1-worker step {1e3 * self.step:.1f} ms, {self.gradient_bytes / 1e6:.1f} MB of gradients in "
                 f"{self.messages} message(s) per step, ring allreduce over {self.network.source} "
                 f"({self.network.bandwidth * 8 / 1e9:.2f} Gbit/s, {1e6 * self.network.latency:.1f} us per ring step), "
-                f"{1e3 * self.overhead:.2f} ms of the backend's own per message" + nodes)
+                f"{1e3 * self.overhead:.2f} ms of the backend's own per message" + nodes + split)
 
 
 @dataclass(frozen=True)
@@ -191,7 +207,7 @@ def for_group(timings, rows, request):
         found, overhead = request.allreduce.network(single[0].parameters)
         network = network or found
     model = Model.of_run(single[0], network, overhead, request.workers_per_node, request.node_network)
-    return {"model": model.describe(), "batch": model.batch, "rows": prediction(rows, model, request.counts),
+    return {"model": model.describe(), "scaling": model.scaling, "rows": prediction(rows, model, request.counts),
             "allreduce": request.allreduce.curve() if request.allreduce else None}
 
 
@@ -200,6 +216,8 @@ def prediction(rows, model, counts):
     measured = {r["workers"]: r for r in rows}
     out = []
     for n in sorted(set(counts) | set(measured)):
+        if not model.runs_on(n):
+            continue
         row = model.predict(n)
         if n in measured and measured[n]["samples_per_s"]:
             row["measured_samples_per_s"] = measured[n]["samples_per_s"]
@@ -222,11 +240,11 @@ def samples_to_target(measured, global_batch):
     return math.exp((1 - share) * math.log(measured[lo]) + share * math.log(measured[hi]))
 
 
-def add_time_to_target(predicted, measured, batch):
-    """Adds samples_to_target and time_to_target_s to the predicted rows (`batch`: per worker) where the
-    global batch is within the measured ones ({global batch: samples to target})."""
+def add_time_to_target(predicted, measured):
+    """Adds samples_to_target and time_to_target_s to the predicted rows where their global batch is within
+    the measured ones ({global batch: samples to target})."""
     for row in predicted["rows"]:
-        samples = samples_to_target(measured, row["workers"] * batch)
+        samples = samples_to_target(measured, row["global_batch"])
         row["samples_to_target"] = samples
         row["time_to_target_s"] = samples / row["samples_per_s"] if samples else None
     predicted["targets_measured"] = dict(sorted(measured.items()))
@@ -234,7 +252,7 @@ def add_time_to_target(predicted, measured, batch):
 
 def markdown(predicted):
     to_target = "targets_measured" in predicted
-    lines = [f"Predicted (weak scaling): {predicted['model']}.", "",
+    lines = [f"Predicted ({predicted['scaling']} scaling): {predicted['model']}.", "",
              "| workers | step (ms) | exchange: latency (ms) | exchange: bandwidth (ms) | samples/s | efficiency "
              "| limited by | measured samples/s | prediction error |"
              + (" samples to target | time to target (s) |" if to_target else ""),

@@ -44,6 +44,8 @@ def group(runs):
 def _mode(runs):
     per_worker = {r["timing"].per_worker_batch for r in runs}
     global_ = {r["timing"].global_batch for r in runs}
+    if runs[0]["timing"].scaling == "strong":  # distribute.scaling, one in a group (Timing.COMPARED)
+        return "strong"
     if len(per_worker) == 1:
         return "weak"
     if len(global_) == 1:
@@ -157,7 +159,7 @@ def build(run_dirs, predict=None):
         if g.get("prediction") and g["target"]:
             from hpctrain.report import predict as predict_mod
 
-            predict_mod.add_time_to_target(g["prediction"], samples_to_target(report, g), g["prediction"]["batch"])
+            predict_mod.add_time_to_target(g["prediction"], samples_to_target(report, g))
     return report
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from hpctrain import compat
 
 KINDS = ("step", "one_batch", "compute", "exchange")
+UNTIMED = 1  # the first call of each kind compiles or starts its pipeline; the calls after it are steady
 
 
 def _sync(values):
@@ -49,7 +50,7 @@ def _calls(model, backend, real, one):
 
 
 def measure(model, backend, real, one, steps, progress=None):
-    """This rank's median seconds per call of each kind, over `steps` calls after 2 untimed ones. `real` and
+    """This rank's median seconds per call of each kind, over `steps` calls after UNTIMED ones. `real` and
     `one`: the run's distributed batches, and one batch of them repeated. `progress()` after every call (the
     stall watchdog's)."""
     state = model.variables + model.optimizer.variables
@@ -57,10 +58,10 @@ def measure(model, backend, real, one, steps, progress=None):
     calls = _calls(model, backend, real, one)
     times = {kind: [] for kind in KINDS}
     for kind in KINDS:  # each kind's calls back to back, as training's steps follow each other
-        for i in range(2 + steps):
+        for i in range(UNTIMED + steps):
             start = time.perf_counter()
             calls[kind]()
-            if i >= 2:
+            if i >= UNTIMED:
                 times[kind].append(time.perf_counter() - start)
             if progress:
                 progress()
@@ -83,12 +84,13 @@ def gather(backend, mine):
     return [dict(zip(KINDS, map(float, row))) for row in summed.reshape(backend.size, len(KINDS))]
 
 
-def summary(per_rank, run_step, steps):
-    """timing.json's `breakdown`: each part's median and range over the ranks, and every rank's figures."""
+def summary(per_rank, run_step, steps, wall=None):
+    """timing.json's `breakdown`: each part's median and range over the ranks, every rank's figures, and
+    `wall`: the seconds the probe added to this rank's run (its calls, their compilation and the gather)."""
     parts = [_parts(m) for m in per_rank]
     median = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
     step = statistics.median(m["step"] for m in per_rank)
-    return {"calls": steps, "seconds": median,
+    return {"calls": steps, "wall_seconds": wall, "seconds": median,
             "range": {k: [min(p[k] for p in parts), max(p[k] for p in parts)] for k in parts[0]},
             "step": step, "run_step": run_step,
             "step_against_run": step / run_step - 1 if run_step else None,

@@ -80,6 +80,7 @@ class StepTimer(keras.callbacks.Callback):
         self.step_times, self.epoch_times, self.target_reached = [], [], None
         self.start = self.first_step_at = None
         self.breakdown = None  # every rank's hpctrain.train.breakdown measurement, when one was made
+        self.breakdown_seconds = None  # the wall time this rank spent on it
 
     def on_train_begin(self, logs=None):
         self.start = time.perf_counter()

@@ -64,14 +64,15 @@ def _train(spec, backend, resume, force, watchdog):
     from hpctrain.train.watchdog import rank_hosts
 
     started = time.time()
+    spec, growth = spec.on_workers(backend.replicas)
     entry = models.get(spec.model.name)
     data = _Data.check(spec, backend, entry)  # before anything is written
     _check_profile(spec.train, data.steps)
     if backend.is_chief:
         _say_rare_classes(spec, entry.task, data.info)
     _set_numerics(spec.train)
-    lr = optimizers.scaled_learning_rate(spec.train.learning_rate, backend.replicas * spec.train.accumulate_steps,
-                                         spec.distribute.lr_scaling, spec.train.optimizer)
+    lr = optimizers.scaled_learning_rate(spec.train.learning_rate, growth, spec.distribute.lr_scaling,
+                                         spec.train.optimizer)
     shape = entry.input_shape(data.info["image_shape"], spec.data.tile)
     model, optimizer, state, logged = _build(spec, backend, entry, data, shape, lr)
     _check_target(spec.train, logged)
@@ -310,7 +311,9 @@ def _fit(spec, backend, task, data, run, model, optimizer, state, start_step, re
         if spec.distribute.timeline:
             backend.stop_timeline()
     if spec.train.breakdown_steps and not (stopper.stopped_at or nonfinite.bad_step):
+        start = time.perf_counter()
         timer.breakdown = _breakdown(spec, backend, data, model, watchdog)
+        timer.breakdown_seconds = time.perf_counter() - start
     if nonfinite.bad_step:
         e, s, value = nonfinite.bad_step
         raise TrainingFailed(f"loss became {value} at epoch {e}, step {s}; the last good checkpoint is kept "

@@ -59,15 +59,16 @@ class Timing:
     gradient_tensors: int | None = None  # trainable variables: the tensors each update exchanges
     breakdown: dict | None = None  # where a step's time goes (hpctrain.train.breakdown.summary); None: not measured
     compression: str = "none"   # distribute.compression of the gradient exchange
+    scaling: str = "weak"       # distribute.scaling: weak (batch_size per worker) or strong (one global batch)
 
     # Runs of one comparison differ in nothing but the worker count and what follows from it.
     SCALED: ClassVar = ("world_size", "processes", "nodes", "per_worker_batch", "global_batch", "steps_per_epoch")
     # split and seed: repeats of one comparison
     COMPARED: ClassVar = ("job", "model", "parameters", "dataset", "tile", "backend", "precision", "xla",
-                          "lr_scaling", "compression", "epochs", "warmup_steps", "accumulate_steps")
+                          "lr_scaling", "compression", "scaling", "epochs", "warmup_steps", "accumulate_steps")
     # How an update of the global batch is computed, not what it is: runs that differ in nothing else (and the
     # worker count) take the same steps to a target at the same global batch (the learning rate follows it).
-    EXECUTION: ClassVar = ("backend", "accumulate_steps")
+    EXECUTION: ClassVar = ("backend", "accumulate_steps", "scaling")
 
     def comparison_key(self):
         return tuple((k, json.dumps(getattr(self, k))) for k in self.COMPARED)
@@ -155,9 +156,10 @@ def summary(timer, spec, backend, steps_per_epoch, wall, model, complete=True, e
                 "reached": timer.target_reached},
         environment=environment(backend, rank_hosts), accumulate_steps=spec.train.accumulate_steps,
         seed=spec.train.seed, validation_shards=validation_shards, compression=spec.distribute.compression,
+        scaling=spec.distribute.scaling,
         gradient_tensors=len(model.trainable_variables),
         breakdown=breakdown.summary(timer.breakdown, (throughput or {}).get("step_time_median"),
-                                    spec.train.breakdown_steps) if timer.breakdown else None,
+                                    spec.train.breakdown_steps, timer.breakdown_seconds) if timer.breakdown else None,
     )
 
 
