@@ -16,29 +16,19 @@ The job's data is the real MNIST (or ISBI 2012) file packed into a scratch folde
 names one.
 """
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
-from hpctrain.launch.sweep import parse_counts, toml_string
+from hpctrain.launch.sweep import parse_counts
 from time_to_accuracy import packed_data, spread
 
-from common import HPCTRAIN, ROOT
+from common import launch
 
 
 def train(job, backend, workers, calls, overrides, out):
     """timing.json of one run with `calls` breakdown calls of each kind (0: off)."""
-    sets = [a for o in [*overrides, f"train.breakdown_steps={calls}", f"output.dir={toml_string(str(out))}"]
-            for a in ("--set", o)]
-    command = [HPCTRAIN, "launch", "-n", str(workers), job, "--backend", backend, *sets, "--force"]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "HPCTRAIN_CORES_PER_WORKER": "1"})
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads((out / "timing.json").read_text())
+    return launch(job, workers, backend, [*overrides, f"train.breakdown_steps={calls}"], out)
 
 
 def percent(fractions):

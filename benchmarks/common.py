@@ -1,4 +1,7 @@
 """What the benchmarks share: where things are, and the real data packed into a scratch folder."""
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +16,20 @@ def write_job(path, **sections):
     from hpctrain import spec
 
     return spec.write(path, **{**sections, "train": {"breakdown_steps": 0, **sections.get("train", {})}})
+
+
+def launch(job, workers, backend, overrides, out):
+    """timing.json of `hpctrain launch -n WORKERS JOB --backend B` into the folder `out` (1 worker too under
+    the backend, as `hpctrain scaling` runs it: one report group), every worker on a core of its own."""
+    from hpctrain.launch.sweep import toml_string
+
+    sets = [a for o in [*overrides, f"output.dir={toml_string(str(out))}"] for a in ("--set", o)]
+    command = [HPCTRAIN, "launch", "-n", str(workers), str(job), "--backend", backend, *sets, "--force"]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "HPCTRAIN_CORES_PER_WORKER": "1"})
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads((Path(out) / "timing.json").read_text())
 
 
 def pack_isbi(folder):

@@ -16,9 +16,7 @@ to the target at K times the batch, from which `report --predict` predicts the t
 """
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +24,7 @@ from pathlib import Path
 from hpctrain import models, spec
 from hpctrain.launch.sweep import toml_string
 
-from common import HPCTRAIN, ROOT, pack_isbi, pack_mnist
+from common import ROOT, launch, pack_isbi, pack_mnist
 
 
 def parse_case(text):
@@ -38,14 +36,7 @@ def parse_case(text):
 
 def train(job, workers, overrides, backend, out):
     """Trains one case; (samples/s, seconds, epoch and samples to target or None, final target metric)."""
-    sets = [a for o in overrides + [f"output.dir={toml_string(str(out))}"] for a in ("--set", o)]
-    # 1 worker too under the backend, as `hpctrain scaling` runs it: one report group for every count
-    command = [HPCTRAIN, "launch", "-n", str(workers), job, "--backend", backend, *sets, "--force"]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "HPCTRAIN_CORES_PER_WORKER": "1"})
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    timing = json.loads((out / "timing.json").read_text())
+    timing = launch(job, workers, backend, overrides, out)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     reached = timing["target"]["reached"] or {}
     samples = reached["epoch"] * timing["steps_per_epoch"] * timing["global_batch"] if reached else None
