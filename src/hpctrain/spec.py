@@ -113,7 +113,8 @@ class DistributeSpec(_Section):
     # weak: each worker takes train.batch_size, the global batch grows with the workers; strong: the global
     # batch stays one worker's, train.batch_size split over the workers (the same updates, sooner)
     scaling: Literal["weak", "strong"] = "weak"
-    # The 1-worker rate x replicas, x sqrt(replicas), or as is; auto: the optimizer's rule (hpctrain.optimizers).
+    # The 1-worker rate x N, x sqrt(N), or as is, N the global batch's growth (JobSpec.on_workers); auto: the
+    # optimizer's rule (hpctrain.optimizers).
     lr_scaling: Literal[("auto", *optimizers.SCALING)] = "auto"
     warmup_epochs: float | None = Field(None, ge=0)  # ramp from the 1-worker rate to the scaled one (Goyal et al. 2017)
     warmup_steps: int | None = Field(None, ge=0)    # the same in steps (not both); neither: AUTO_WARMUP_EPOCHS
