@@ -32,6 +32,29 @@ def launch(job, workers, backend, overrides, out):
     return json.loads((Path(out) / "timing.json").read_text())
 
 
+def lockstep(timings):
+    """Samples/s that runs side by side (the timing.json of independent runs at once) would have made had they
+    waited for each other at every step, as synchronous data-parallel ranks do: at each moment of the time their
+    measured steps overlap, all go at the pace of the slowest step then in progress. Independent runs never
+    wait, so this is what the step-time noise of the machine leaves to any synchronous job on it."""
+    import numpy as np
+
+    runs = []  # per run: the end of each measured step (Unix time) and its duration
+    for t in timings:
+        times = np.asarray(t["step_times"], float)
+        ends = t["first_step_at"] + np.cumsum(times)
+        runs.append((ends[t["warmup_steps"]:], times[t["warmup_steps"]:]))
+    start = max(ends[0] - times[0] for ends, times in runs)
+    end = min(ends[-1] for ends, _ in runs)
+    if end <= start:
+        raise SystemExit("the side-by-side runs did not overlap")
+    cuts = np.unique(np.concatenate([[start, end], *(ends[(start < ends) & (ends < end)] for ends, _ in runs)]))
+    middles = (cuts[:-1] + cuts[1:]) / 2
+    slowest = np.max([times[np.searchsorted(ends, middles)] for ends, times in runs], axis=0)
+    steps = np.sum(np.diff(cuts) / slowest)  # lockstep steps made in the overlap
+    return sum(t["global_batch"] for t in timings) * steps / (end - start)
+
+
 def pack_isbi(folder):
     from hpctrain.data import isbi
 

@@ -10,7 +10,9 @@ the node's link set down, its rank stopped with SIGSTOP. Printed: seconds from t
 (median and range over the rounds), exit code, and whether any process of the job was left on a node.
 Throughput: the U-Net of scaling_cpu.py, Horovod over TCP between the nodes (one core each; mpirun and
 horovodrun --gloo through `launch --hosts`, those of them in --launchers), against two independent 1-worker
-runs at once, one per node, that never communicate; then the exchange of the gradient set timed alone on
+runs at once, one per node, that never communicate, and against what those runs would have made in lockstep
+(common.lockstep: each step as long as the slower node's step at that moment, the wait no synchronous job
+escapes); then the exchange of the gradient set timed alone on
 the two nodes (`hpctrain bench allreduce`), and the bound its cost puts on the 2-node figure.
 """
 import argparse
@@ -23,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import HPCTRAIN, ROOT, pack_mnist, write_job
+from common import HPCTRAIN, ROOT, lockstep, pack_mnist, write_job
 
 sys.path.insert(0, str(ROOT / "tests"))
 from hpctrain import spec  # noqa: E402
@@ -36,6 +38,8 @@ LAUNCHERS = {
     "multiworker": ("multiworker", ["launch", "--hosts", "node1:1,node2:1", "--launcher", "local"]),
     "srun": ("horovod", ["train"]),
 }
+SIDE_BY_SIDE = "side by side (1 worker on each node)"
+LOCKSTEP = "side by side, in lockstep (each step the slower node's)"
 SRUN = ["srun", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--mpi=pmix", "--kill-on-bad-exit=1"]
 
 
@@ -93,7 +97,7 @@ def throughput(cluster, tmp, args):
     two = {label: launcher for label, launcher in (("2 nodes x 1 worker (horovod mpirun, TCP)", "mpirun"),
                                                    ("2 nodes x 1 worker (horovodrun --gloo, TCP)", "horovodrun"))
            if launcher in args.launchers.split(",")}
-    results = {**{label: [] for label in two}, "side by side (1 worker on each node)": []}
+    results = {**{label: [] for label in two}, SIDE_BY_SIDE: [], LOCKSTEP: []}
     for round_ in range(args.repeats):
         out = Path(tmp) / f"tp-{round_}"
         procs = [cluster.popen(node, [HPCTRAIN, "train", str(job), "--force", "--set",
@@ -101,8 +105,9 @@ def throughput(cluster, tmp, args):
                  for node in ("node1", "node2")]
         if any(p.wait() for p in procs):
             raise SystemExit("a side-by-side run failed")
-        results["side by side (1 worker on each node)"].append(sum(samples_per_s(Path(f"{out}-{n}"))
-                                                                   for n in ("node1", "node2")))
+        timings = [json.loads(Path(f"{out}-{n}/timing.json").read_text()) for n in ("node1", "node2")]
+        results[SIDE_BY_SIDE].append(sum(t["throughput"]["samples_per_s"] for t in timings))
+        results[LOCKSTEP].append(lockstep(timings))
         for i, (label, launcher) in enumerate(two.items()):
             proc = cluster.on("node1", HPCTRAIN, "launch", str(job), "--hosts", "node1:1,node2:1", "--backend",
                               "horovod", "--launcher", launcher, "--force", "--set",
@@ -111,12 +116,13 @@ def throughput(cluster, tmp, args):
                 raise SystemExit(f"the 2-node run failed: {proc.stderr[-2000:]}")
             results[label].append(samples_per_s(Path(f"{out}-{i}")))
         print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in results.items()), flush=True)
-    ceiling = statistics.median(results["side by side (1 worker on each node)"])
+    ceiling, in_lockstep = (statistics.median(results[k]) for k in (SIDE_BY_SIDE, LOCKSTEP))
     print(f"\nU-Net of scaling_cpu.py, {args.steps} steps (5 warm-up), median of {args.repeats} rounds\n")
-    print("| run | samples/s | range | of side by side |\n|---|---:|---:|---:|")
+    print("| run | samples/s | range | of side by side | of lockstep |\n|---|---:|---:|---:|---:|")
     for label, values in results.items():
         median = statistics.median(values)
-        print(f"| {label} | {median:.2f} | {min(values):.2f}-{max(values):.2f} | {100 * median / ceiling:.1f} % |")
+        print(f"| {label} | {median:.2f} | {min(values):.2f}-{max(values):.2f} | {100 * median / ceiling:.1f} % | "
+              f"{100 * median / in_lockstep:.1f} % |")
     exchange_bound(cluster, job, env, step=spec.load(job).train.batch_size / (ceiling / 2))
 
 

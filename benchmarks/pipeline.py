@@ -11,6 +11,7 @@
       same files alone (Pillow; libpng, which pack uses), and decoding plus the work the format requires
       (the sha256 of each file and of each array, the HDF5 write), without pack's checks; then the peak
       of memory allocated
+  (5) `pack synthetic-em`: EM-like samples of 512 x 512 with their masks made per second
 
 and the ratios against the goals (2, no augmentation) >= 0.8 x (1), (2, augmentation) >= 10 x (3) and
 (4) >= 500 files/s.
@@ -22,6 +23,7 @@ other cases one).
 """
 import argparse
 import hashlib
+import itertools
 import tempfile
 import time
 import tracemalloc
@@ -33,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from hpctrain import compat
-from hpctrain.data import images, isbi, pipeline
+from hpctrain.data import images, isbi, pipeline, synthetic
 from hpctrain.data.augment import AugmentSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +168,8 @@ def main():
             print(f"    {name:38} {np.median(values):7.1f} ({min(values):.1f}-{max(values):.1f})")
         print(f"    pack images: peak {peak:.1f} MB allocated for {args.pack_files * 2 * 512 * 512 / 2**20:.0f} MB of "
               "pixels", flush=True)
+        rate, cpu = measure((synthetic.sample(512, 0, i) for i in itertools.count()), 1, args.seconds)
+        print(f"(5) pack synthetic-em, 512 x 512 samples made {rate:9.1f} samples/s {cpu:8.2f} CPU ms/sample")
 
     plain = results["(2) hpctrain, in memory, no augmentation"] / results["(1) raw h5py reads (shuffled)"]
     augmented = (results["(2) hpctrain, in memory, augmentation"]

@@ -9,11 +9,13 @@ Horovod rows show hpctrain's defaults (Open MPI yield_when_idle=1, HOROVOD_CYCLE
 Open MPI/Horovod defaults (yield_when_idle=0, cycle time 1 ms). "side by side" is two independent
 1-worker runs at once, one per core, that never communicate: the most two workers can get from this
 machine (shared caches, memory bandwidth, the host under the VM), so each efficiency is also shown
-against it. With one core per worker the gradient exchange cannot hide behind compute on another core, so
-for each multi-process backend the exchange of the model's gradient set is also timed alone on the same
-2 workers (`hpctrain bench allreduce`, its wall and CPU time per step): the side-by-side step plus that cost
-bounds what the backend can reach here, "exchange bound" from the wall time (nothing hidden) to the CPU time
-(all but the core's own work hidden), and each run is shown against the CPU-time bound. The cases run in
+against it, and against what those two runs would have made in lockstep (common.lockstep: each step as long
+as the slower core's at that moment, the wait that no synchronous job escapes). With one core per worker the
+gradient exchange cannot hide behind compute on another core, so for each multi-process backend the
+exchange of the model's gradient set is also timed alone on the same 2 workers (`hpctrain bench allreduce`,
+its wall and CPU time per step): the side-by-side step plus that cost bounds what the backend can reach here,
+"exchange bound" from the wall time (nothing hidden) to the CPU time (all but the core's own work hidden), and
+each run is shown against the CPU-time bound. The cases run in
 turn, `--repeats` rounds, and each figure is the median of its rounds: throughput here drifts by several
 percent from minute to minute.
 """
@@ -30,10 +32,11 @@ from hpctrain import spec
 from hpctrain.distribute import backends
 from hpctrain.launch import local as launch
 
-from common import HPCTRAIN, pack_mnist, write_job
+from common import HPCTRAIN, lockstep, pack_mnist, write_job
 
 PLAIN_DEFAULTS = {"OMPI_MCA_mpi_yield_when_idle": "0", "HOROVOD_CYCLE_TIME": "1"}
 SIDE_BY_SIDE = "side by side (2 x 1 worker)"
+LOCKSTEP = "side by side, in lockstep (each step the slower one's)"
 
 # (label, backend, launcher, workers, extra environment)
 CASES = [
@@ -65,7 +68,7 @@ def throughput(out):
 
 
 def run_case(job, out, label, backend, launcher, workers, env):
-    """Samples per second of all workers together."""
+    """Samples per second of all workers together; side by side also what its runs give in lockstep."""
     argv = [sys.executable, "-m", "hpctrain", "train", str(job), "--force", "--set", f"distribute.backend={backend}"]
     env = {**os.environ, **env, "HPCTRAIN_CORES_PER_WORKER": "1"}
     if label == SIDE_BY_SIDE:  # each its own run folder, on its own core
@@ -75,13 +78,14 @@ def run_case(job, out, label, backend, launcher, workers, env):
                  for core in range(workers)]
         if any(p.wait() for p in procs):
             raise SystemExit(f"{label}: a run failed")
-        return sum(throughput(Path(f"{out}-{core}")) for core in range(workers))
+        timings = [json.loads(Path(f"{out}-{core}/timing.json").read_text()) for core in range(workers)]
+        return sum(t["throughput"]["samples_per_s"] for t in timings), lockstep(timings)
     launcher, processes, overrides = backends.BACKENDS[backend].local_plan(workers, launcher)
     for item in [f"output.dir={out}", *overrides]:
         argv += ["--set", item]
     if launch.run(processes, argv, launcher, env=env):
         raise SystemExit(f"{label}: the run failed")
-    return throughput(out)
+    return throughput(out), None
 
 
 def exchange_cost(job, backend, launcher, env):
@@ -120,12 +124,17 @@ def main():
         for model in args.models.split(","):
             job = job_file(tmp, model, data[model], args.steps)
             runs = {label: [] for label, *_ in cases}
+            in_lockstep = []
             for round_ in range(args.repeats):
                 for label, *case in cases:
                     out = Path(tmp) / "run"
-                    runs[label].append(run_case(job, out, label, *case))
-                    print(f"{model:5} round {round_ + 1}  {label:34} {runs[label][-1]:8.1f} samples/s", flush=True)
+                    samples_per_s, locked = run_case(job, out, label, *case)
+                    runs[label].append(samples_per_s)
+                    in_lockstep += [locked] if locked else []
+                    print(f"{model:5} round {round_ + 1}  {label:34} {samples_per_s:8.1f} samples/s"
+                          + (f" ({locked:.1f} in lockstep)" if locked else ""), flush=True)
             one, ceiling = statistics.median(runs["1 worker"]), statistics.median(runs[SIDE_BY_SIDE])
+            locked = statistics.median(in_lockstep)
             step = 2 * spec.load(job).train.batch_size / ceiling  # a worker's step, side by side
             for label, backend, launcher, workers, env in cases:
                 tp = statistics.median(runs[label])
@@ -136,12 +145,15 @@ def main():
                     print(f"{model:5} {label:34} exchange alone {1e3 * wall:.1f} ms wall, {1e3 * cpu:.1f} ms CPU "
                           f"against a {1e3 * step:.1f} ms step", flush=True)
                 rows.append((model, label, workers, tp, min(runs[label]), max(runs[label]),
-                             tp / (workers * one), tp / ceiling if workers == 2 else None, bound))
+                             tp / (workers * one), tp / ceiling if workers == 2 else None, bound,
+                             tp / locked if workers == 2 else None))
+            rows.append((model, LOCKSTEP, 2, locked, min(in_lockstep), max(in_lockstep), locked / (2 * one),
+                         locked / ceiling, None, 1.0))
     print(f"\nmedian of {args.repeats} rounds, {args.steps} steps each (5 warm-up)\n")
-    print("| model | run | workers | samples/s | range | efficiency | of side by side | exchange bound | "
-          "of the CPU bound |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for model, label, n, tp, low, high, eff, of_ceiling, bound in rows:
-        share = f"{100 * of_ceiling:.1f} %" if of_ceiling else ""
+    print("| model | run | workers | samples/s | range | efficiency | of side by side | of lockstep | exchange bound | "
+          "of the CPU bound |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for model, label, n, tp, low, high, eff, of_ceiling, bound, of_locked in rows:
+        share = f"{100 * of_ceiling:.1f} % | {100 * of_locked:.1f} %" if of_ceiling else " |"
         limit = f"{100 * bound[0]:.1f}-{100 * bound[1]:.1f} % | {100 * of_ceiling / bound[1]:.1f} %" if bound else " |"
         print(f"| {model} | {label} | {n} | {tp:.1f} | {low:.1f}-{high:.1f} | {100 * eff:.1f} % | {share} | {limit} |")
 

@@ -33,13 +33,30 @@ def test_pipeline():
                  "pack images"):
         assert re.search(rf"\n    {case} +{NUMBER} \({NUMBER}-{NUMBER}\)", out), case
     assert re.search(rf"hpctrain, in memory, augmentation .* {NUMBER} samples/s", out)
+    assert re.search(rf"\(5\) pack synthetic-em, .* {NUMBER} samples/s", out)
 
 
 def test_scaling_cpu():
     out = run("scaling_cpu.py", "--models", "cnn", "--steps", 8, "--repeats", 1, "--backends", "multiworker")
     labels = [row.split("|")[2].strip() for row in rows(out, "cnn")]
-    assert labels == ["1 worker", "side by side (2 x 1 worker)", "multiworker (2 processes)"]
+    assert labels == ["1 worker", "side by side (2 x 1 worker)", "multiworker (2 processes)",
+                      "side by side, in lockstep (each step the slower one's)"]
+    assert rows(out, "cnn")[-1].endswith("| 100.0 % | |")
     assert re.search(rf"\| multiworker \(2 processes\) \| 2 \| .* \| {NUMBER}-{NUMBER} % \| {NUMBER} % \|$", out, re.M)
+
+
+def test_lockstep_takes_the_slower_step_at_each_moment():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import lockstep
+
+    def run_of(times, warmup=0):
+        return {"step_times": times, "first_step_at": 100.0, "warmup_steps": warmup, "global_batch": 1}
+
+    assert lockstep([run_of([1.0] * 4), run_of([1.0] * 4)]) == pytest.approx(2.0)  # never waiting: side by side
+    # one run at twice the other's step: in lockstep both go at the slower pace, 2 samples per 2 s
+    assert lockstep([run_of([1.0] * 4), run_of([2.0] * 2)]) == pytest.approx(1.0)
+    # a slow step of 3 s in the second run holds the first one up meanwhile: 3 lockstep steps in 5 s
+    assert lockstep([run_of([1.0] * 6, warmup=1), run_of([1.0, 3.0, 1.0, 1.0], warmup=1)]) == pytest.approx(2 * 3 / 5)
 
 
 def test_startup():
@@ -72,7 +89,8 @@ def test_faults_multinode():
               "--steps", 8)
     [fault] = rows(out, "mpirun")
     assert fault.split("|")[5].strip() not in ("0", "None") and fault.endswith("| 0 |")  # failed, nothing left
-    assert len(rows(out, "2 nodes x 1 worker")) == 1 and len(rows(out, "side by side")) == 1
+    assert len(rows(out, "2 nodes x 1 worker")) == 1 and len(rows(out, "side by side")) == 2
+    assert rows(out, "side by side, in lockstep")[0].endswith("| 100.0 % |")
     bound = re.search(r"exchange of the gradient set alone \(([\d.]+) MB.*-> 2-node bound ([\d.]+) %", out)
     assert bound and float(bound[1]) > 1 and 0 < float(bound[2]) < 100, out[-1000:]
 

@@ -29,7 +29,10 @@ def test_warm_up_in_epochs_or_steps_not_both(tmp_path):
         validate(raw)
 
 
-def test_warm_up_ramps_linearly_from_the_one_worker_rate_then_holds():
-    ramp = callbacks.LearningRateRamp(base_lr=1e-3, scaled_lr=4e-3, warmup=10)
+def test_warm_up_ramps_linearly_from_the_one_worker_rate_then_holds_or_decays():
+    ramp = callbacks.LearningRateSchedule(base_lr=1e-3, scaled_lr=4e-3, warmup=10)
     assert [ramp.rate(s) for s in (0, 5, 10, 11, 1000)] == pytest.approx([1e-3, 2.5e-3, 4e-3, 4e-3, 4e-3])
-    assert callbacks.LearningRateRamp(1e-3, 4e-3, warmup=0).rate(0) == 4e-3  # no warm-up: scaled at once
+    assert callbacks.LearningRateSchedule(1e-3, 4e-3, warmup=0).rate(0) == 4e-3  # no warm-up: scaled at once
+    # cosine decay after the warm-up: half the scaled rate halfway through the rest, 0 at the last step
+    cosine = callbacks.LearningRateSchedule(1e-3, 4e-3, warmup=10, decay="cosine", total=110)
+    assert [cosine.rate(s) for s in (5, 10, 60, 110, 200)] == pytest.approx([2.5e-3, 4e-3, 2e-3, 0, 0], abs=1e-12)

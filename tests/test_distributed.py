@@ -91,6 +91,10 @@ def test_strong_scaling_splits_one_workers_batch_and_keeps_its_updates(tmp_path,
                            "--set", 'distribute.scaling="strong"')
     assert_user_error(refused, "train.batch_size 40 does not split over 3 workers")
     assert not (tmp_path / "sweep").exists()
+    refused = run_hpctrain("launch", "-n", 3, job, "--backend", "horovod", "--set", 'distribute.scaling="strong"',
+                           "--set", f'output.dir="{tmp_path / "launch3"}"')
+    assert_user_error(refused, "train.batch_size 40 does not split over 3 workers")
+    assert not (tmp_path / "launch3").exists()  # refused before any worker started
 
 
 def final_weights_of_fresh_model():

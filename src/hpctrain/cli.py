@@ -68,6 +68,7 @@ def cmd_launch(args):
     backend = backends.BACKENDS[job.distribute.backend]
     interface = network.chosen(job.distribute.interface)
     how = local.plan(backend, args.n, args.launcher, args.hosts, args.hostfile, interface)
+    job.on_workers(how.workers)  # a batch that strong scaling cannot split is refused before anything starts
     flags = [flag for flag, on in (("--resume", args.resume), ("--force", args.force)) if on]
     argv = sweep.hpctrain_command(sweep.train_args(args.job, [*args.set, *how.overrides], backend.name, flags))
     if args.print:

@@ -3,13 +3,18 @@
 distribute.lr_scaling multiplies the 1-worker rate by a function of N, the growth of the global batch over
 one worker's train.batch_size (the workers x accumulate_steps; under strong scaling accumulate_steps alone):
 "linear" (x N, Goyal et al. 2017), "sqrt" (x sqrt(N)), "none"; "auto" takes the optimizer's own rule below.
-The warm-up ramps from the 1-worker rate to the scaled one (hpctrain.train.callbacks.LearningRateRamp).
+The warm-up ramps from the 1-worker rate to the scaled one; after it, train.lr_decay shapes the rate until the
+last step (hpctrain.train.callbacks.LearningRateSchedule).
 """
+import math
 from typing import NamedTuple
 
 from hpctrain import compat
 
 SCALING = {"linear": lambda n: n, "sqrt": lambda n: n ** 0.5, "none": lambda n: 1}
+# train.lr_decay: the factor on the rate when a fraction `done` of the steps after the warm-up is done
+# (cosine: Loshchilov & Hutter 2017)
+DECAYS = {"none": lambda done: 1.0, "cosine": lambda done: 0.5 * (1 + math.cos(math.pi * done))}
 AUTO_WARMUP_EPOCHS = 2.0  # the ramp when neither distribute.warmup_epochs nor warmup_steps is set
 
 

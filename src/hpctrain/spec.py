@@ -72,6 +72,7 @@ class TrainSpec(_Section):
     worker at batch_size, scaled to the global batch by distribute.lr_scaling."""
     optimizer: Literal[tuple(optimizers.OPTIMIZERS)] = "adam"
     learning_rate: float = Field(1e-4, gt=0)     # for one worker; see distribute.lr_scaling
+    lr_decay: Literal[tuple(optimizers.DECAYS)] = "none"  # after the warm-up, down to 0 at the last step
     batch_size: int = Field(ge=1)                # per worker and micro-batch
     accumulate_steps: int = Field(1, ge=1)       # micro-batches per update (hpctrain.train.accumulate)
     epochs: int = Field(ge=1)

@@ -39,6 +39,7 @@ class Plan:
     processes: int
     overrides: tuple  # spec overrides that give the backend its workers
     where: object     # a hosts.Placement, or None: this node
+    workers: int      # data-parallel workers in all
 
 
 def plan(backend, n=None, launcher=None, hosts=None, hostfile=None, interface=None):
@@ -51,11 +52,11 @@ def plan(backend, n=None, launcher=None, hosts=None, hostfile=None, interface=No
         if where.interface and not interface:
             print(f"hpctrain: network interface {where.interface}, the one the host names resolve to "
                   "(distribute.interface chooses another)", flush=True)
-        return Plan(launcher, processes, tuple(overrides), where)
+        return Plan(launcher, processes, tuple(overrides), where, n)
     if n is None:
         raise UserError("-n N (workers on this node), or --hosts/--hostfile")
     launcher, processes, overrides = backend.local_plan(n, launcher)
-    return Plan(launcher, processes, tuple(overrides), None)
+    return Plan(launcher, processes, tuple(overrides), None, n)
 
 
 def _forwarded(env):

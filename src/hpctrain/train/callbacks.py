@@ -5,32 +5,37 @@ import math
 import signal
 import time
 
-from hpctrain import compat
+from hpctrain import compat, optimizers
 from hpctrain.atomic import atomic_output
 from hpctrain.errors import TrainingFailed
 
 keras = compat.keras()
 
 
-class LearningRateRamp(keras.callbacks.Callback):
-    """Linear warm-up from the 1-worker rate to the scaled rate over `warmup` steps (Goyal et al. 2017),
-    driven by the optimizer's own step counter, so a resumed run continues on the same curve."""
+class LearningRateSchedule(keras.callbacks.Callback):
+    """The learning rate of each step: a linear warm-up from the 1-worker rate to the scaled rate over `warmup`
+    steps (Goyal et al. 2017), then the scaled rate times train.lr_decay's factor (hpctrain.optimizers.DECAYS)
+    of the steps done after the warm-up over those left until step `total`. Driven by the optimizer's own step
+    counter, so a resumed run continues on the same curve."""
 
-    def __init__(self, base_lr, scaled_lr, warmup):
+    def __init__(self, base_lr, scaled_lr, warmup, decay="none", total=None):
         super().__init__()
         self.base_lr, self.scaled_lr, self.warmup = base_lr, scaled_lr, warmup
+        self.decay, self.total = optimizers.DECAYS[decay], total
 
     def rate(self, step):
-        if step >= self.warmup:
-            return self.scaled_lr
-        return self.base_lr + (self.scaled_lr - self.base_lr) * step / self.warmup
+        if step < self.warmup:
+            return self.base_lr + (self.scaled_lr - self.base_lr) * step / self.warmup
+        decaying = self.total is not None and self.total > self.warmup
+        return self.scaled_lr * (self.decay(min(1.0, (step - self.warmup) / (self.total - self.warmup)))
+                                 if decaying else 1.0)
 
     def apply(self, optimizer, step):
         keras.backend.set_value(optimizer.learning_rate, self.rate(step))
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        if step <= self.warmup:
+        if step <= self.warmup or self.decay is not optimizers.DECAYS["none"]:
             self.apply(self.model.optimizer, step)
 
 

@@ -276,13 +276,14 @@ def _fit(spec, backend, task, data, run, model, optimizer, state, start_step, re
             print(f"hpctrain train: {run.path} already finished {spec.train.epochs} epochs", flush=True)
         return None
     validation = data.validation(spec, backend, task)
-    # The ramp sets the rate of this step, also after a restore (the checkpoint holds the old one).
-    ramp = cb.LearningRateRamp(spec.train.learning_rate, lr, spec.distribute.lr_warmup_steps(steps))
-    ramp.apply(optimizer, start_step)
+    # The schedule sets the rate of this step, also after a restore (the checkpoint holds the old one).
+    schedule = cb.LearningRateSchedule(spec.train.learning_rate, lr, spec.distribute.lr_warmup_steps(steps),
+                                       spec.train.lr_decay, total=spec.train.epochs * steps)
+    schedule.apply(optimizer, start_step)
     stopper = cb.GracefulStop(backend, spec.distribute.sync_every)
     nonfinite = cb.FailOnNonFinite()
     timer = cb.StepTimer(spec.train.target_metric, spec.train.target_value, spec.train.stop_at_target)
-    callbacks = [*backend.callbacks(), ramp, nonfinite, stopper, timer, *([watchdog] if watchdog else [])]
+    callbacks = [*backend.callbacks(), schedule, nonfinite, stopper, timer, *([watchdog] if watchdog else [])]
     with backend.output_dir(run.path) as where:
         where = RunDir(where)  # the chief's run folder, or a worker's temporary stand-in
         if backend.is_chief or backend.every_worker_saves:
