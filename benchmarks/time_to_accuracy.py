@@ -1,7 +1,7 @@
 """Time to accuracy: a job trained to its target metric at several worker counts and settings, over seeds.
 Prints, per case, samples/s, time, epoch and samples seen (steps x global batch) to the target, the final
-metric (medians and ranges over the seeds) and the speedup of the median time to target against the first
-case.
+metric (medians and ranges over the seeds), the speedup of the median time to target against the first
+case, and the speedup of each seed's time against the first case's with the same seed (median and range).
 
     .venv/bin/python benchmarks/time_to_accuracy.py [--job jobs/unet_isbi_cpu.toml] [--seeds 42,1,2]
         [--backend horovod] [--set KEY=VALUE ...] [--runs DIR] CASE [CASE ...]
@@ -87,15 +87,16 @@ def main():
     print(f"{args.job}, target {target.target_metric} >= {target.target_value}, seeds {args.seeds}, "
           f"common settings: {' '.join(args.overrides) or 'none'}; medians (ranges)\n")
     print(f"| case | samples/s | seconds to target | epoch | samples to target | final {target.target_metric} | "
-          "speedup to target |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "speedup to target | per seed |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for i, case in enumerate(args.cases):
         rs = results[i]
         times = [r[1] for r in rs if r[1] is not None]
         speedup = f"{base / statistics.median(times):.2f}" if times and len(times) == len(rs) else "-"
+        paired = [first[1] / r[1] for first, r in zip(results[0], rs) if first[1] is not None and r[1] is not None]
         print(f"| {case} | {spread([r[0] for r in rs])} | {spread([r[1] for r in rs])} | "
               f"{spread([r[2] for r in rs])} | {spread([r[3] for r in rs])} | {spread([r[4] for r in rs])} | "
-              f"{speedup} |")
+              f"{speedup} | {spread(paired)} |")
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ def test_time_to_accuracy(tmp_path):
               "1", "2")
     assert [row.split("|")[1].strip() for row in rows(out, "")[1:]] == ["1", "2"]
     assert re.search(r"\| 2 \| [0-9.]+ \([0-9.]+-[0-9.]+\) \| not reached \|", out)
+    assert rows(out, "2 ")[0].endswith("| - | not reached |")  # no speedup, of the medians or per seed
     [group] = scaling.build([tmp_path / "c0-s1", tmp_path / "c1-s1"])  # 1 worker under the backend too
     assert group["backend"] == "horovod" and [r["workers"] for r in group["rows"]] == [1, 2]
 
