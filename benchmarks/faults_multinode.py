@@ -86,12 +86,10 @@ def faults(cluster, tmp, args):
 
 
 def throughput(cluster, tmp, args):
-    from hpctrain.data import synthetic
-    from scaling_cpu import job_file
+    from scaling_cpu import job_file, timing_of, unet_data
     from scaling_cpu import throughput as samples_per_s
 
-    data = synthetic.pack(Path(tmp) / "synth.h5", count=256, size=128, seed=0)
-    job = job_file(tmp, "unet", data, args.steps)
+    job = job_file(tmp, "unet", unet_data(tmp, args.steps), args.steps)
     env = env_of(cluster)
 
     two = {label: launcher for label, launcher in (("2 nodes x 1 worker (horovod mpirun, TCP)", "mpirun"),
@@ -105,7 +103,7 @@ def throughput(cluster, tmp, args):
                  for node in ("node1", "node2")]
         if any(p.wait() for p in procs):
             raise SystemExit("a side-by-side run failed")
-        timings = [json.loads(Path(f"{out}-{n}/timing.json").read_text()) for n in ("node1", "node2")]
+        timings = [timing_of(f"{out}-{n}") for n in ("node1", "node2")]
         results[SIDE_BY_SIDE].append(sum(t["throughput"]["samples_per_s"] for t in timings))
         results[LOCKSTEP].append(lockstep(timings))
         for i, (label, launcher) in enumerate(two.items()):

@@ -50,10 +50,20 @@ CASES = [
 ]
 
 
+UNET_BATCH = 8
+
+
+def unet_data(folder, steps):
+    """The U-Net's synthetic data: samples for `steps` steps of 2 workers."""
+    from hpctrain.data import synthetic
+
+    return synthetic.pack(Path(folder) / "synth.h5", count=2 * UNET_BATCH * steps, size=128, seed=0)
+
+
 def job_file(tmp, model, data, steps):
     if model == "unet":
         sections = dict(data={"path": str(data), "split": "all", "tile": 128},
-                        model={"name": "unet", "unet": {"depth": 5, "filters": 16, "dropout": 0.0}}, batch=8)
+                        model={"name": "unet", "unet": {"depth": 5, "filters": 16, "dropout": 0.0}}, batch=UNET_BATCH)
     else:
         sections = dict(data={"path": str(data), "split": "holdout"}, model={"name": "mnist_cnn"}, batch=64)
     batch = sections.pop("batch")
@@ -63,8 +73,18 @@ def job_file(tmp, model, data, steps):
                      distribute={"lr_scaling": "none"}, output={"dir": "unused", "tensorboard": False})
 
 
+def timing_of(out):
+    """timing.json of a run, which must have made the steps its spec asked for (its data holds them)."""
+    timing = json.loads((Path(out) / "timing.json").read_text())
+    asked = spec.load(Path(out) / "spec.toml").train.steps_per_epoch
+    if timing["steps_per_epoch"] != asked:
+        raise SystemExit(f"{out}: {timing['steps_per_epoch']} steps per epoch of the {asked} asked: the data holds "
+                         "no more")
+    return timing
+
+
 def throughput(out):
-    return json.loads((out / "timing.json").read_text())["throughput"]["samples_per_s"]
+    return timing_of(out)["throughput"]["samples_per_s"]
 
 
 def run_case(job, out, label, backend, launcher, workers, env):
@@ -78,7 +98,7 @@ def run_case(job, out, label, backend, launcher, workers, env):
                  for core in range(workers)]
         if any(p.wait() for p in procs):
             raise SystemExit(f"{label}: a run failed")
-        timings = [json.loads(Path(f"{out}-{core}/timing.json").read_text()) for core in range(workers)]
+        timings = [timing_of(f"{out}-{core}") for core in range(workers)]
         return sum(t["throughput"]["samples_per_s"] for t in timings), lockstep(timings)
     launcher, processes, overrides = backends.BACKENDS[backend].local_plan(workers, launcher)
     for item in [f"output.dir={out}", *overrides]:
@@ -114,13 +134,9 @@ def main():
     if unknown := set(chosen) - {backend for _, backend, *_ in CASES}:
         parser.error(f"unknown backends: {', '.join(sorted(unknown))}")
     cases = [case for case in CASES if case[1] in ("none", *chosen)]
-    from hpctrain.data import synthetic
-
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = {"unet": Path(tmp) / "synth.h5", "cnn": Path(tmp) / "mnist.h5"}
-        synthetic.pack(data["unet"], count=256, size=128, seed=0)
-        pack_mnist(tmp)
+        data = {"unet": unet_data(tmp, args.steps), "cnn": pack_mnist(tmp)}
         for model in args.models.split(","):
             job = job_file(tmp, model, data[model], args.steps)
             runs = {label: [] for label, *_ in cases}
