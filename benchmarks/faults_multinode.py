@@ -105,7 +105,7 @@ def throughput(cluster, tmp, args):
             raise SystemExit("a side-by-side run failed")
         timings = [timing_of(f"{out}-{n}") for n in ("node1", "node2")]
         results[SIDE_BY_SIDE].append(sum(t["throughput"]["samples_per_s"] for t in timings))
-        results[LOCKSTEP].append(lockstep(timings))
+        results[LOCKSTEP] += [locked] if (locked := lockstep(timings)) else []  # the runs' steps overlapped
         for i, (label, launcher) in enumerate(two.items()):
             proc = cluster.on("node1", HPCTRAIN, "launch", str(job), "--hosts", "node1:1,node2:1", "--backend",
                               "horovod", "--launcher", launcher, "--force", "--set",
@@ -114,13 +114,16 @@ def throughput(cluster, tmp, args):
                 raise SystemExit(f"the 2-node run failed: {proc.stderr[-2000:]}")
             results[label].append(samples_per_s(Path(f"{out}-{i}")))
         print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in results.items()), flush=True)
-    ceiling, in_lockstep = (statistics.median(results[k]) for k in (SIDE_BY_SIDE, LOCKSTEP))
+    ceiling = statistics.median(results[SIDE_BY_SIDE])
+    in_lockstep = statistics.median(results[LOCKSTEP]) if results[LOCKSTEP] else None
+    results = {label: values for label, values in results.items() if values}
     print(f"\nU-Net of scaling_cpu.py, {args.steps} steps (5 warm-up), median of {args.repeats} rounds\n")
     print("| run | samples/s | range | of side by side | of lockstep |\n|---|---:|---:|---:|---:|")
     for label, values in results.items():
         median = statistics.median(values)
+        of_locked = f"{100 * median / in_lockstep:.1f} %" if in_lockstep else "-"
         print(f"| {label} | {median:.2f} | {min(values):.2f}-{max(values):.2f} | {100 * median / ceiling:.1f} % | "
-              f"{100 * median / in_lockstep:.1f} % |")
+              f"{of_locked} |")
     exchange_bound(cluster, job, env, step=spec.load(job).train.batch_size / (ceiling / 2))
 
 

@@ -150,7 +150,7 @@ def main():
                     print(f"{model:5} round {round_ + 1}  {label:34} {samples_per_s:8.1f} samples/s"
                           + (f" ({locked:.1f} in lockstep)" if locked else ""), flush=True)
             one, ceiling = statistics.median(runs["1 worker"]), statistics.median(runs[SIDE_BY_SIDE])
-            locked = statistics.median(in_lockstep)
+            locked = statistics.median(in_lockstep) if in_lockstep else None  # None: no round overlapped
             step = 2 * spec.load(job).train.batch_size / ceiling  # a worker's step, side by side
             for label, backend, launcher, workers, env in cases:
                 tp = statistics.median(runs[label])
@@ -162,14 +162,16 @@ def main():
                           f"against a {1e3 * step:.1f} ms step", flush=True)
                 rows.append((model, label, workers, tp, min(runs[label]), max(runs[label]),
                              tp / (workers * one), tp / ceiling if workers == 2 else None, bound,
-                             tp / locked if workers == 2 else None))
-            rows.append((model, LOCKSTEP, 2, locked, min(in_lockstep), max(in_lockstep), locked / (2 * one),
-                         locked / ceiling, None, 1.0))
+                             tp / locked if workers == 2 and locked else None))
+            if locked:
+                rows.append((model, LOCKSTEP, 2, locked, min(in_lockstep), max(in_lockstep), locked / (2 * one),
+                             locked / ceiling, None, 1.0))
     print(f"\nmedian of {args.repeats} rounds, {args.steps} steps each (5 warm-up)\n")
     print("| model | run | workers | samples/s | range | efficiency | of side by side | of lockstep | exchange bound | "
           "of the CPU bound |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model, label, n, tp, low, high, eff, of_ceiling, bound, of_locked in rows:
-        share = f"{100 * of_ceiling:.1f} % | {100 * of_locked:.1f} %" if of_ceiling else " |"
+        locked = f"{100 * of_locked:.1f} %" if of_locked else "-"
+        share = f"{100 * of_ceiling:.1f} % | {locked}" if of_ceiling else " |"
         limit = f"{100 * bound[0]:.1f}-{100 * bound[1]:.1f} % | {100 * of_ceiling / bound[1]:.1f} %" if bound else " |"
         print(f"| {model} | {label} | {n} | {tp:.1f} | {low:.1f}-{high:.1f} | {100 * eff:.1f} % | {share} | {limit} |")
 

@@ -37,11 +37,12 @@ def test_pipeline():
 
 
 def test_scaling_cpu():
-    out = run("scaling_cpu.py", "--models", "cnn", "--steps", 8, "--repeats", 1, "--backends", "multiworker")
+    # steps enough that the side-by-side runs' measured steps overlap in time (lockstep)
+    out = run("scaling_cpu.py", "--models", "cnn", "--steps", 40, "--repeats", 1, "--backends", "multiworker")
     labels = [row.split("|")[2].strip() for row in rows(out, "cnn")]
     assert labels == ["1 worker", "side by side (2 x 1 worker)", "multiworker (2 processes)",
                       "side by side, in lockstep (each step the slower one's)"]
-    assert rows(out, "cnn")[-1].endswith("| 100.0 % | |")
+    assert re.search(r"\| 100\.0 % \| +\| \|$", rows(out, "cnn")[-1])  # of lockstep; no exchange bound
     assert re.search(rf"\| multiworker \(2 processes\) \| 2 \| .* \| {NUMBER}-{NUMBER} % \| {NUMBER} % \|$", out, re.M)
 
 
@@ -86,7 +87,7 @@ def test_mpi_flavours():
 
 def test_faults_multinode():
     out = run("faults_multinode.py", "--repeats", 1, "--launchers", "mpirun", "--faults", "node killed",
-              "--steps", 8)
+              "--steps", 16)  # enough that the side-by-side runs' measured steps overlap in time
     [fault] = rows(out, "mpirun")
     assert fault.split("|")[5].strip() not in ("0", "None") and fault.endswith("| 0 |")  # failed, nothing left
     assert len(rows(out, "2 nodes x 1 worker")) == 1 and len(rows(out, "side by side")) == 2
