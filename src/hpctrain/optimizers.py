@@ -13,8 +13,8 @@ from hpctrain import compat
 
 SCALING = {"linear": lambda n: n, "sqrt": lambda n: n ** 0.5, "none": lambda n: 1}
 # train.lr_decay: the factor on the rate when a fraction `done` of the steps after the warm-up is done
-# (cosine: Loshchilov & Hutter 2017)
-DECAYS = {"none": lambda done: 1.0, "cosine": lambda done: 0.5 * (1 + math.cos(math.pi * done))}
+# (none: the rate is held; cosine: Loshchilov & Hutter 2017)
+DECAYS = {"none": None, "cosine": lambda done: 0.5 * (1 + math.cos(math.pi * done))}
 AUTO_WARMUP_EPOCHS = 2.0  # the ramp when neither distribute.warmup_epochs nor warmup_steps is set
 
 

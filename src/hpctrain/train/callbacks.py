@@ -20,22 +20,22 @@ class LearningRateSchedule(keras.callbacks.Callback):
 
     def __init__(self, base_lr, scaled_lr, warmup, decay="none", total=None):
         super().__init__()
-        self.base_lr, self.scaled_lr, self.warmup = base_lr, scaled_lr, warmup
-        self.decay, self.total = optimizers.DECAYS[decay], total
+        self.base_lr, self.scaled_lr, self.warmup, self.total = base_lr, scaled_lr, warmup, total
+        self.decay = optimizers.DECAYS[decay] if total is not None and total > warmup else None  # None: held
 
     def rate(self, step):
         if step < self.warmup:
             return self.base_lr + (self.scaled_lr - self.base_lr) * step / self.warmup
-        decaying = self.total is not None and self.total > self.warmup
-        return self.scaled_lr * (self.decay(min(1.0, (step - self.warmup) / (self.total - self.warmup)))
-                                 if decaying else 1.0)
+        if self.decay is None:
+            return self.scaled_lr
+        return self.scaled_lr * self.decay(min(1.0, (step - self.warmup) / (self.total - self.warmup)))
 
     def apply(self, optimizer, step):
         keras.backend.set_value(optimizer.learning_rate, self.rate(step))
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        if step <= self.warmup or self.decay is not optimizers.DECAYS["none"]:
+        if step <= self.warmup or self.decay is not None:
             self.apply(self.model.optimizer, step)
 
 
